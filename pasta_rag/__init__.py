@@ -1,0 +1,31 @@
+"""pasta-rag: post-hoc attention steering (PASTA) for local LLMs in RAG chains and agents."""
+
+from .emphasis import EMPHASIS_END, EMPHASIS_START, emphasize, parse_marked, strip_markers
+from .engine import Generation, PastaModel, SamplingSettings
+from .errors import (
+    ContextWindowError,
+    EmphasisError,
+    HeadSetError,
+    ModelLoadError,
+    PastaError,
+    SteeringError,
+)
+from .heads import HeadSet
+
+__all__ = [
+    "EMPHASIS_END",
+    "EMPHASIS_START",
+    "ContextWindowError",
+    "EmphasisError",
+    "Generation",
+    "HeadSet",
+    "HeadSetError",
+    "ModelLoadError",
+    "PastaError",
+    "PastaModel",
+    "SamplingSettings",
+    "SteeringError",
+    "emphasize",
+    "parse_marked",
+    "strip_markers",
+]

@@ -1,0 +1,455 @@
+"""PastaModel: one loaded model that generates, streams and scores, steered or not.
+
+It is the object the LangChain and LlamaIndex classes wrap: load it once and
+share it. It holds no per-call state, so it is safe to call from several
+threads; each call's steering lives in a ContextVar (see ``steering``).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+from . import loading
+from .emphasis import Span
+from .errors import ContextWindowError, HeadSetError, PastaError, SteeringError
+from .heads import HeadSet, as_head_set, shipped_head_set
+from .prompts import Prompt, RenderedPrompt, render
+from .steering import SteeringState, steered_implementation, steering
+from .stopping import StopOnText, cut_at_stop, safe_prefix_length
+from .tokens import PromptBatch, encode, pad_left
+
+DEFAULT_ALPHA = 0.01
+HeadSetLike = HeadSet | Mapping | list | str | os.PathLike
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    """``stop`` (a stop string or end-of-sequence token) or ``length`` (max_new_tokens reached)."""
+    steered: bool
+    """Whether any head was steered for this prompt (False when nothing was emphasized)."""
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Decoding settings, by the names transformers users know. temperature 0 means greedy."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    repetition_penalty: float = 1.0
+    stop: Sequence[str] = field(default_factory=tuple)
+    seed: int | None = None
+
+    def generation_config(self, base: GenerationConfig, pad_token_id: int) -> GenerationConfig:
+        if self.max_new_tokens < 1:
+            raise PastaError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}.")
+        if self.temperature < 0:
+            raise PastaError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}.")
+        sample = self.temperature > 0
+        config = GenerationConfig(
+            max_new_tokens=self.max_new_tokens,
+            do_sample=sample,
+            temperature=self.temperature if sample else None,
+            top_p=self.top_p if sample else None,
+            top_k=self.top_k if sample else None,
+            repetition_penalty=self.repetition_penalty,
+            pad_token_id=pad_token_id,
+            eos_token_id=base.eos_token_id,
+            bos_token_id=base.bos_token_id,
+        )
+        return config
+
+
+class PastaModel:
+    """A causal LM whose profiled attention heads can be steered toward emphasized prompt text.
+
+    >>> model = PastaModel.from_pretrained("default")
+    >>> model.generate(f"Context: {emphasize(doc)}\\nQuestion: ...").text
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        heads: HeadSetLike | None = None,
+        alpha: float = DEFAULT_ALPHA,
+        name: str | None = None,
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
+        text_config = model.config.get_text_config()
+        self.num_layers: int = text_config.num_hidden_layers
+        self.num_heads: int = text_config.num_attention_heads
+        self.context_window: int = getattr(text_config, "max_position_embeddings", None) or 2048
+        self._use_steerable_attention(text_config)
+        self.alpha = _checked_alpha(alpha)
+        if heads is None:
+            heads = shipped_head_set(self.name)
+        self.heads: HeadSet | None = self._resolve_heads(heads) if heads is not None else None
+        self.pad_token_id: int = _pad_token_id(tokenizer, model)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | os.PathLike = "default",
+        *,
+        heads: HeadSetLike | None = None,
+        alpha: float = DEFAULT_ALPHA,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        device_map: str | dict | None = None,
+        attn_implementation: str | None = None,
+        **model_kwargs: Any,
+    ) -> PastaModel:
+        """Load ``"default"`` (SmolLM2-135M-Instruct), ``"gemma3-270m"``, a .gguf file, a directory or a hub id.
+
+        ``attn_implementation`` is the kernel to steer: ``sdpa`` (default) or ``eager``;
+        ``device``, ``dtype`` and ``device_map`` mean what they mean in transformers.
+        """
+        loaded = loading.load(
+            source,
+            device=device,
+            dtype=dtype,
+            device_map=device_map,
+            attn_implementation=steered_implementation(attn_implementation),
+            **model_kwargs,
+        )
+        return cls(loaded.model, loaded.tokenizer, heads=heads, alpha=alpha, name=loaded.name)
+
+    # --- public API ---------------------------------------------------------------------
+
+    def render(
+        self, prompt: Prompt, *, emphasis: Sequence[str] | None = None, spans: Sequence[Span] | None = None
+    ) -> RenderedPrompt:
+        """The final prompt text (chat template applied, markers stripped) and its emphasized spans."""
+        return render(self.tokenizer, prompt, emphasis, spans)
+
+    def generate(
+        self,
+        prompt: Prompt,
+        *,
+        emphasis: Sequence[str] | None = None,
+        spans: Sequence[Span] | None = None,
+        steer: bool = True,
+        heads: HeadSetLike | None = None,
+        alpha: float | None = None,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int | None = None,
+        repetition_penalty: float = 1.0,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+    ) -> Generation:
+        """Generate from one prompt: a string (completion) or chat messages (the model's chat template).
+
+        Emphasis comes as markers in the prompt (``emphasize``), ``emphasis`` substrings of the final
+        prompt (every occurrence), or character ``spans`` of it; all are one union. ``steer=False``
+        runs the plain model.
+        """
+        settings = SamplingSettings(max_new_tokens, temperature, top_p, top_k, repetition_penalty, tuple(stop or ()), seed)
+        return self.generate_batch(
+            [prompt],
+            emphasis=None if emphasis is None else [emphasis],
+            spans=None if spans is None else [spans],
+            steer=steer,
+            heads=heads,
+            alpha=alpha,
+            settings=settings,
+        )[0]
+
+    def generate_batch(
+        self,
+        prompts: Sequence[Prompt],
+        *,
+        emphasis: Sequence[Sequence[str] | None] | None = None,
+        spans: Sequence[Sequence[Span] | None] | None = None,
+        steer: bool = True,
+        heads: HeadSetLike | None = None,
+        alpha: float | None = None,
+        settings: SamplingSettings | None = None,
+        **setting_kwargs: Any,
+    ) -> list[Generation]:
+        """Generate for several prompts in one left-padded batch; ``emphasis`` / ``spans`` are per prompt."""
+        settings = settings or SamplingSettings(**setting_kwargs)
+        call = self._prepare(prompts, emphasis, spans, steer, heads, alpha, settings)
+        if settings.seed is not None:
+            torch.manual_seed(settings.seed)
+        stopper = StopOnText(self.tokenizer, call.batch.prompt_len, settings.stop)
+        with torch.no_grad(), steering(call.state):
+            output = self.model.generate(
+                input_ids=call.batch.input_ids.to(self.device),
+                attention_mask=call.batch.attention_mask.to(self.device),
+                generation_config=call.config,
+                stopping_criteria=StoppingCriteriaList([stopper]),
+            )
+        generated = output[:, call.batch.prompt_len :].cpu()
+        return [
+            self._finish(row, int(call.batch.attention_mask[i].sum()), settings, call.state_rows[i])
+            for i, row in enumerate(generated)
+        ]
+
+    def stream(
+        self,
+        prompt: Prompt,
+        *,
+        emphasis: Sequence[str] | None = None,
+        spans: Sequence[Span] | None = None,
+        steer: bool = True,
+        heads: HeadSetLike | None = None,
+        alpha: float | None = None,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int | None = None,
+        repetition_penalty: float = 1.0,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+    ) -> Iterator[str]:
+        """Yield the answer as it is generated, token by token; joined, it equals ``generate(...).text``.
+
+        Text that could be the start of a stop string is held back until it is known not to be one.
+        Closing the iterator early stops the generation.
+        """
+        settings = SamplingSettings(max_new_tokens, temperature, top_p, top_k, repetition_penalty, tuple(stop or ()), seed)
+        call = self._prepare(
+            [prompt],
+            None if emphasis is None else [emphasis],
+            None if spans is None else [spans],
+            steer,
+            heads,
+            alpha,
+            settings,
+        )
+        tokens: queue.Queue = queue.Queue()
+        cancel = threading.Event()
+        stopper = StopOnText(self.tokenizer, call.batch.prompt_len, settings.stop, cancel)
+
+        def run() -> None:
+            try:
+                if settings.seed is not None:
+                    torch.manual_seed(settings.seed)
+                with torch.no_grad(), steering(call.state):
+                    self.model.generate(
+                        input_ids=call.batch.input_ids.to(self.device),
+                        attention_mask=call.batch.attention_mask.to(self.device),
+                        generation_config=call.config,
+                        stopping_criteria=StoppingCriteriaList([stopper]),
+                        streamer=_QueueStreamer(tokens),
+                    )
+            except BaseException as error:  # handed to the consumer, which re-raises it
+                tokens.put(error)
+            finally:
+                tokens.put(None)
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        generated: list[int] = []
+        shown = 0
+        try:
+            while (item := tokens.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                generated.extend(item)
+                text, stopped = self._answer_text(generated, settings.stop)
+                visible = len(text) if stopped else safe_prefix_length(text, settings.stop)
+                if visible > shown:
+                    yield text[shown:visible]
+                    shown = visible
+                if stopped:
+                    break
+            text, _ = self._answer_text(generated, settings.stop)
+            if len(text) > shown:
+                yield text[shown:]
+        finally:
+            cancel.set()
+            worker.join()
+
+    def score(
+        self,
+        prompt: Prompt,
+        continuation: str,
+        *,
+        emphasis: Sequence[str] | None = None,
+        spans: Sequence[Span] | None = None,
+        steer: bool = True,
+        heads: HeadSetLike | None = None,
+        alpha: float | None = None,
+    ) -> float:
+        """log p(continuation | prompt), summed over the continuation's tokens.
+
+        For chat messages the continuation is the assistant's answer. The continuation's keys are
+        never steered, as generated tokens are not.
+        """
+        call = self._prepare([prompt], None if emphasis is None else [emphasis], None if spans is None else [spans],
+                             steer, heads, alpha, SamplingSettings(max_new_tokens=1))
+        answer = self.tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        if not answer:
+            raise PastaError("The continuation to score is empty.")
+        input_ids = torch.cat([call.batch.input_ids, torch.tensor([answer])], dim=1)
+        self._check_window(input_ids.shape[1], 0)
+        with torch.no_grad(), steering(call.state):
+            logits = self.model(input_ids=input_ids.to(self.device)).logits[0].float()  # (seq, vocab)
+        predicting = logits[call.batch.prompt_len - 1 : -1].log_softmax(dim=-1)  # (answer, vocab)
+        return float(predicting.gather(1, torch.tensor(answer, device=predicting.device)[:, None]).sum())
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _prepare(
+        self,
+        prompts: Sequence[Prompt],
+        emphasis: Sequence[Sequence[str] | None] | None,
+        spans: Sequence[Sequence[Span] | None] | None,
+        steer: bool,
+        heads: HeadSetLike | None,
+        alpha: float | None,
+        settings: SamplingSettings,
+    ) -> _Call:
+        if isinstance(prompts, str) or not prompts:
+            raise PastaError("generate_batch takes a non-empty list of prompts; use generate for one prompt.")
+        emphasis = _per_prompt(emphasis, len(prompts), "emphasis")
+        spans = _per_prompt(spans, len(prompts), "spans")
+        encoded = []
+        for prompt, row_emphasis, row_spans in zip(prompts, emphasis, spans):
+            rendered = self.render(prompt, emphasis=row_emphasis, spans=row_spans)
+            if not rendered.text:
+                raise PastaError("The prompt is empty.")
+            encoded.append(encode(self.tokenizer, rendered))
+        batch = pad_left(encoded, self.pad_token_id)
+        self._check_window(batch.prompt_len, settings.max_new_tokens)
+        config = settings.generation_config(self.model.generation_config, self.pad_token_id)
+        state = self._steering_state(batch, steer, heads, alpha)
+        rows = [bool(state is not None and state.emphasized[i].any()) for i in range(len(prompts))]
+        return _Call(batch, state, config, rows)
+
+    def _steering_state(
+        self, batch: PromptBatch, steer: bool, heads: HeadSetLike | None, alpha: float | None
+    ) -> SteeringState | None:
+        if not steer:
+            return None
+        alpha = self.alpha if alpha is None else _checked_alpha(alpha)
+        if not batch.emphasized.any():
+            warnings.warn(
+                "Steering was asked for but nothing is emphasized; generating unsteered. Mark text with "
+                "pasta_rag.emphasize(...), or pass emphasis=[...] or spans=[...].",
+                stacklevel=4,
+            )
+            return None
+        head_set = self._resolve_heads(heads) if heads is not None else self.heads
+        if head_set is None:
+            raise HeadSetError(
+                f"pasta-rag ships no head set for {self.name!r}; pass heads= (a JSON file, "
+                '{"layer": [heads]} or a list of layers), or profile one with `pasta-rag profile`.'
+            )
+        return SteeringState(batch.emphasized, head_set, alpha, self.num_heads)
+
+    def _resolve_heads(self, heads: HeadSetLike) -> HeadSet:
+        head_set = as_head_set(heads).resolve(self.num_layers, self.num_heads)
+        if not head_set:
+            raise HeadSetError("The head set is empty: steering no head changes nothing. Pass steer=False instead.")
+        return head_set
+
+    def _check_window(self, prompt_len: int, max_new_tokens: int) -> None:
+        if prompt_len + max_new_tokens > self.context_window:
+            raise ContextWindowError(
+                f"The prompt has {prompt_len} tokens and up to {max_new_tokens} new tokens were asked for, "
+                f"but {self.name} reads at most {self.context_window}. Shorten the context (fewer or shorter "
+                "passages) or lower max_new_tokens."
+            )
+
+    def _use_steerable_attention(self, text_config: Any) -> None:
+        """Switch a user-loaded model to the steered twin of its attention implementation."""
+        current = self.model.config._attn_implementation
+        wanted = steered_implementation(current)
+        if getattr(text_config, "attn_logit_softcapping", None) and wanted == "pasta_sdpa":
+            wanted = "pasta_eager"  # SDPA cannot soft-cap; the model's eager attention can
+        if current != wanted:
+            self.model.set_attn_implementation(wanted)
+
+    def _answer_text(self, generated: Sequence[int], stop: Sequence[str]) -> tuple[str, bool]:
+        """Decode up to the first end-of-sequence token, then cut at the first stop string."""
+        eos = _eos_ids(self.model.generation_config)
+        ended = next((i for i, token in enumerate(generated) if token in eos), None)
+        text = self.tokenizer.decode(generated[:ended], skip_special_tokens=True)
+        text, stopped = cut_at_stop(text, stop)
+        return text, stopped or ended is not None
+
+    def _finish(self, row: torch.Tensor, prompt_tokens: int, settings: SamplingSettings, steered: bool) -> Generation:
+        tokens = row.tolist()
+        eos = _eos_ids(self.model.generation_config)
+        ended = next((i for i, token in enumerate(tokens) if token in eos), None)
+        completion = tokens[: ended + 1] if ended is not None else [t for t in tokens if t != self.pad_token_id]
+        text, stopped = self._answer_text(tokens, settings.stop)
+        return Generation(text, prompt_tokens, len(completion), "stop" if stopped else "length", steered)
+
+
+@dataclass(frozen=True)
+class _Call:
+    batch: PromptBatch
+    state: SteeringState | None
+    config: GenerationConfig
+    state_rows: list[bool]
+
+
+class _QueueStreamer(BaseStreamer):
+    """Hands generated token ids to the consuming thread; the first put is the prompt, skipped."""
+
+    def __init__(self, tokens: queue.Queue):
+        self.tokens = tokens
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.tokens.put(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        pass
+
+
+def _per_prompt(values: Sequence | None, count: int, what: str) -> list:
+    if values is None:
+        return [None] * count
+    if len(values) != count:
+        raise PastaError(f"{what} must have one entry per prompt ({count}), got {len(values)}.")
+    return list(values)
+
+
+def _checked_alpha(alpha: float) -> float:
+    if not alpha > 0:
+        raise SteeringError(f"alpha must be > 0 (the paper uses 0.01; smaller steers harder), got {alpha}.")
+    return float(alpha)
+
+
+def _eos_ids(config: GenerationConfig) -> set[int]:
+    eos = config.eos_token_id
+    return set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+
+
+def _pad_token_id(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> int:
+    for candidate in (tokenizer.pad_token_id, model.generation_config.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate if not isinstance(candidate, list) else candidate[0])
+    return 0

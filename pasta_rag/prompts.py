@@ -1,0 +1,83 @@
+"""Prompts -> the exact string the model reads, and its emphasized character spans.
+
+Spans are resolved only here, on the final string after the chat template,
+because a template adds text before and between messages: offsets into a
+message would point at the wrong characters of the rendered prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from .emphasis import Span, check_spans, find_substrings, merge_spans, parse_marked
+
+Message = Mapping[str, str]
+"""A chat message: ``{"role": "system" | "user" | "assistant", "content": str}``."""
+
+Prompt = str | Sequence[Message]
+"""A plain completion prompt, or chat messages rendered with the model's chat template."""
+
+PLAIN_FORMAT = "plain"
+CHAT_TEMPLATE_FORMAT = "chat_template"
+
+
+@dataclass(frozen=True)
+class RenderedPrompt:
+    text: str
+    """The final prompt, markers stripped: exactly what is tokenized."""
+    spans: list[Span]
+    """Emphasized character ranges of ``text``."""
+    add_special_tokens: bool
+    """False when a chat template already wrote the special tokens."""
+    format: str
+    """``chat_template`` or ``plain`` (a model without a template, e.g. a base model)."""
+
+
+def render(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: Prompt,
+    emphasis: Sequence[str] | None = None,
+    spans: Sequence[Span] | None = None,
+) -> RenderedPrompt:
+    """Render ``prompt`` and resolve all three kinds of emphasis on the result.
+
+    ``emphasis`` substrings match every occurrence in the final prompt; ``spans``
+    are character ranges of the final prompt (see ``PastaModel.render``).
+    """
+    if isinstance(prompt, str):
+        marked, add_special, fmt = prompt, True, PLAIN_FORMAT
+    else:
+        marked, add_special, fmt = _render_messages(tokenizer, prompt)
+    text, marked_spans = parse_marked(marked)
+    resolved = list(marked_spans)
+    if emphasis:
+        resolved += find_substrings(text, emphasis)
+    if spans:
+        resolved += check_spans(spans, len(text))
+    return RenderedPrompt(text, merge_spans(resolved), add_special, fmt)
+
+
+def _render_messages(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message]) -> tuple[str, bool, str]:
+    messages = [_checked_message(message) for message in messages]
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return text, False, CHAT_TEMPLATE_FORMAT
+    return plain_chat_format(messages), True, PLAIN_FORMAT
+
+
+def plain_chat_format(messages: Sequence[Message]) -> str:
+    """For models without a chat template: 'Role: content' paragraphs, then 'Assistant:'."""
+    turns = [f"{message['role'].capitalize()}: {message['content']}" for message in messages]
+    return "\n\n".join([*turns, "Assistant:"])
+
+
+def _checked_message(message: Message) -> dict[str, str]:
+    if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
+        raise TypeError(
+            f"A chat message must be a mapping with 'role' and 'content'; got {message!r}. "
+            "Pass a string for a plain completion prompt."
+        )
+    return {"role": message["role"], "content": message["content"]}

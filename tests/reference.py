@@ -1,0 +1,82 @@
+"""The slow, obviously-correct PASTA reference every fast path is checked against.
+
+Eager attention over the whole sequence (no cache), with an explicit dense
+(batch, heads, q, k) mask built here from first principles: causal, padding,
+sliding window, and log(alpha) on non-emphasized prompt keys of steered heads.
+It ignores the mask transformers passes, so it shares no code with the fast path.
+"""
+
+from __future__ import annotations
+
+import math
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+REFERENCE = "pasta_reference"
+
+
+@dataclass
+class ReferenceSetup:
+    padding: torch.Tensor  # (batch, seq) 1 for real tokens
+    emphasized: torch.Tensor  # (batch, prompt_len) bool
+    heads: dict[int, set[int]]
+    alpha: float
+
+
+_setup: ContextVar[ReferenceSetup | None] = ContextVar("reference_setup", default=None)
+
+
+def reference_attention(module, query, key, value, attention_mask, scaling=None, softcap=None, **kwargs):
+    setup = _setup.get()
+    batch, heads, q_len, dim = query.shape
+    keys = key.shape[2]
+    assert q_len == keys, "the reference recomputes the full sequence: no cache"
+    groups = heads // key.shape[1]
+    key = key.repeat_interleave(groups, dim=1)
+    value = value.repeat_interleave(groups, dim=1)
+    scaling = dim**-0.5 if scaling is None else scaling
+
+    scores = query @ key.transpose(-1, -2) * scaling  # (batch, heads, q, k)
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+
+    i = torch.arange(q_len)[:, None]
+    j = torch.arange(keys)[None, :]
+    allowed = (j <= i)[None, None]  # (1, 1, q, k)
+    window = getattr(module, "sliding_window", None)
+    if window:
+        allowed = allowed & (i - j < window)[None, None]
+    bias = torch.zeros(batch, heads, q_len, keys)
+    if setup is not None:
+        allowed = allowed & setup.padding[:, None, None, :keys].bool()
+        prompt_len = setup.emphasized.shape[1]
+        for b in range(batch):
+            if not setup.emphasized[b].any():
+                continue
+            for h in setup.heads.get(module.layer_idx, ()):
+                for k in range(min(prompt_len, keys)):
+                    if not setup.emphasized[b, k]:
+                        bias[b, h, :, k] = math.log(setup.alpha)
+    scores = scores + bias
+    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    weights = scores.softmax(dim=-1)
+    return (weights @ value).transpose(1, 2).contiguous(), weights
+
+
+AttentionInterface.register(REFERENCE, reference_attention)
+AttentionMaskInterface.register(REFERENCE, eager_mask)
+
+
+class reference_setup:
+    def __init__(self, setup: ReferenceSetup | None):
+        self.setup = setup
+
+    def __enter__(self):
+        self.token = _setup.set(self.setup)
+
+    def __exit__(self, *exc):
+        _setup.reset(self.token)

@@ -1,0 +1,191 @@
+"""Every fast steering path against the dense reference, on tiny llama / qwen2 / gemma3 models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from reference import REFERENCE, ReferenceSetup, reference_setup
+from tiny import ARCHITECTURES, VOCAB, tiny_model
+
+from pasta_rag.errors import SteeringError
+from pasta_rag.heads import HeadSet
+from pasta_rag.steering import DENSE_BASELINE, SteeringState, steered_implementation, steering
+
+ALPHA = 0.01
+HEADS = {0: {1}, 1: {0, 3}, 2: {2}}
+TOLERANCE = 1e-4
+
+
+def head_set() -> HeadSet:
+    return HeadSet.from_pairs([(layer, head) for layer, heads in HEADS.items() for head in heads])
+
+
+def prompt_batch(seed: int = 1):
+    """Two prompts, the second left-padded by 4; emphasis on a middle span (row 0) and two spans (row 1)."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(3, VOCAB, (2, 14), generator=generator)
+    padding = torch.ones(2, 14, dtype=torch.long)
+    padding[1, :4] = 0
+    input_ids[1, :4] = 0
+    emphasized = torch.zeros(2, 14, dtype=torch.bool)
+    emphasized[0, 3:8] = True
+    emphasized[1, 5:7] = True
+    emphasized[1, 10:12] = True
+    return input_ids, padding, emphasized
+
+
+def reference_logits(model, input_ids, padding, emphasized, heads=HEADS):
+    implementation = model.config._attn_implementation
+    model.set_attn_implementation(REFERENCE)
+    try:
+        with torch.no_grad(), reference_setup(ReferenceSetup(padding, emphasized, heads, ALPHA)):
+            return model(input_ids=input_ids, attention_mask=padding).logits
+    finally:
+        model.set_attn_implementation(implementation)
+
+
+def steered_logits(model, input_ids, padding, emphasized, heads=None):
+    state = SteeringState(emphasized, head_set() if heads is None else heads, ALPHA, model.config.num_attention_heads)
+    with torch.no_grad(), steering(state):
+        return model(input_ids=input_ids, attention_mask=padding).logits
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("implementation", ["pasta_sdpa", "pasta_eager", DENSE_BASELINE])
+def test_prefill_matches_reference(architecture, implementation):
+    model = tiny_model(architecture, implementation)
+    input_ids, padding, emphasized = prompt_batch()
+    expected = reference_logits(model, input_ids, padding, emphasized)
+    actual = steered_logits(model, input_ids, padding, emphasized)
+    real = padding.bool()
+    assert (actual[real] - expected[real]).abs().max() < TOLERANCE
+    unsteered = reference_logits(model, input_ids, padding, torch.zeros_like(emphasized))
+    assert (unsteered[real] - expected[real]).abs().max() > 100 * TOLERANCE, "steering must change the logits"
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_unpadded_prefill_keeps_is_causal_path_and_matches(architecture):
+    model = tiny_model(architecture)
+    input_ids, _, emphasized = prompt_batch()
+    padding = torch.ones_like(input_ids)
+    expected = reference_logits(model, input_ids[:1], padding[:1], emphasized[:1])
+    actual = steered_logits(model, input_ids[:1], None, emphasized[:1])
+    assert (actual - expected).abs().max() < TOLERANCE
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_cached_greedy_generation_matches_full_recompute(architecture):
+    """generate() with the KV cache steps past the sliding window and must pick the reference's tokens."""
+    model = tiny_model(architecture)
+    input_ids, padding, emphasized = prompt_batch()
+    new_tokens = 8
+    state = SteeringState(emphasized, head_set(), ALPHA, model.config.num_attention_heads)
+    with torch.no_grad(), steering(state):
+        generated = model.generate(
+            input_ids=input_ids, attention_mask=padding, max_new_tokens=new_tokens, do_sample=False,
+            pad_token_id=0, eos_token_id=None,
+        )
+    sequence, mask = input_ids, padding
+    for _ in range(new_tokens):
+        logits = reference_logits(model, sequence, mask, emphasized)
+        next_token = logits[:, -1].argmax(dim=-1, keepdim=True)
+        sequence = torch.cat([sequence, next_token], dim=1)
+        mask = torch.cat([mask, torch.ones_like(next_token)], dim=1)
+    assert torch.equal(generated, sequence)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_decode_step_logits_match_reference(architecture):
+    """One cached decode step (the (batch, heads, 1, keys) mask path) against the full recompute."""
+    model = tiny_model(architecture)
+    input_ids, padding, emphasized = prompt_batch()
+    state = SteeringState(emphasized, head_set(), ALPHA, model.config.num_attention_heads)
+    prompt = input_ids[:, :-1]
+    with torch.no_grad(), steering(state):
+        first = model(input_ids=prompt, attention_mask=padding[:, :-1], use_cache=True)
+        step = model(input_ids=input_ids[:, -1:], attention_mask=padding, cache=first.cache).logits[:, -1]
+    expected = reference_logits(model, input_ids, padding, emphasized)[:, -1]
+    assert (step - expected).abs().max() < TOLERANCE
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_empty_state_and_unsteered_rows_equal_plain_model(architecture):
+    model = tiny_model(architecture)
+    input_ids, padding, emphasized = prompt_batch()
+    base = "eager" if architecture.endswith("softcap") else "sdpa"
+    with torch.no_grad():
+        steered_impl_unsteered = model(input_ids=input_ids, attention_mask=padding).logits
+        model.set_attn_implementation(base)
+        plain = model(input_ids=input_ids, attention_mask=padding).logits
+        model.set_attn_implementation(f"pasta_{base}")
+    assert torch.equal(steered_impl_unsteered, plain)
+    # a row without emphasis is not steered, even when another row is
+    emphasized[1] = False
+    steered = steered_logits(model, input_ids, padding, emphasized)
+    real = padding[1].bool()
+    assert (steered[1][real] - plain[1][real]).abs().max() < TOLERANCE
+    # an empty head set steers nothing
+    no_heads = steered_logits(model, input_ids, padding, emphasized, heads=HeadSet.from_pairs([]))
+    assert torch.equal(no_heads, plain)
+
+
+def test_several_spans_are_one_union():
+    """Two touching spans must steer exactly like the one span they make up (log(alpha) added once)."""
+    model = tiny_model("llama")
+    input_ids, _, _ = prompt_batch()
+    one_span = torch.zeros(1, 14, dtype=torch.bool)
+    one_span[0, 2:9] = True
+    expected = reference_logits(model, input_ids[:1], torch.ones(1, 14), one_span)
+    actual = steered_logits(model, input_ids[:1], None, one_span)
+    assert (actual - expected).abs().max() < TOLERANCE
+
+
+def test_generated_keys_are_not_steered():
+    """Scoring a continuation: its keys sit after the prompt and get no bias."""
+    model = tiny_model("llama")
+    input_ids, _, emphasized = prompt_batch()
+    prompt_len = 9
+    emphasized = emphasized[:1, :prompt_len]
+    actual = steered_logits(model, input_ids[:1], None, emphasized)
+    expected = reference_logits(model, input_ids[:1], torch.ones(1, 14), emphasized)
+    assert (actual - expected).abs().max() < TOLERANCE
+
+
+def test_threads_keep_their_own_state():
+    model = tiny_model("llama")
+    input_ids, padding, emphasized = prompt_batch()
+    other = torch.zeros_like(emphasized)
+    other[:, 8:13] = True
+    expected = {0: steered_logits(model, input_ids, padding, emphasized), 1: steered_logits(model, input_ids, padding, other)}
+    results: dict[int, list[torch.Tensor]] = {0: [], 1: []}
+
+    def work(which: int, marks: torch.Tensor) -> None:
+        for _ in range(5):
+            results[which].append(steered_logits(model, input_ids, padding, marks))
+
+    import threading
+
+    threads = [threading.Thread(target=work, args=(0, emphasized)), threading.Thread(target=work, args=(1, other))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for which in (0, 1):
+        assert all(torch.equal(logits, expected[which]) for logits in results[which])
+
+
+def test_bad_alpha_and_unsteerable_implementation():
+    _, _, emphasized = prompt_batch()
+    with pytest.raises(SteeringError, match="alpha must be > 0"):
+        SteeringState(emphasized, head_set(), 0.0, 4)
+    with pytest.raises(SteeringError, match="cannot steer attn_implementation='flash_attention_2'"):
+        steered_implementation("flash_attention_2")
+
+
+def test_ready_made_4d_mask_is_refused():
+    model = tiny_model("llama")
+    input_ids, _, emphasized = prompt_batch()
+    mask = torch.ones(2, 1, 14, 14).tril()[:, :, :, :].bool()
+    state = SteeringState(emphasized, head_set(), ALPHA, 4)
+    with torch.no_grad(), steering(state), pytest.raises(SteeringError, match="4D attention_mask"):
+        model(input_ids=input_ids, attention_mask=mask)

@@ -1,0 +1,79 @@
+"""Tiny random models and a character tokenizer, built in the test process (no files, no network)."""
+
+from __future__ import annotations
+
+import string
+
+import torch
+
+import pasta_rag.steering  # noqa: F401  (registers the pasta_* attention implementations)
+from tokenizers import Tokenizer, models
+from transformers import (
+    AutoModelForCausalLM,
+    Gemma3TextConfig,
+    LlamaConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
+
+VOCAB = 128
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<s>assistant:{% endif %}"
+)
+
+
+def char_tokenizer(chat_template: str | None = CHAT_TEMPLATE) -> PreTrainedTokenizerFast:
+    """One token per character, so character spans and token indices are easy to reason about."""
+    specials = ["<pad>", "<s>", "</s>"]
+    chars = [c for c in string.printable if c not in "\x0b\x0c"]
+    vocab = {token: i for i, token in enumerate(specials + chars)}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<pad>"))
+    backend.add_special_tokens(specials)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+def _common(**extra) -> dict:
+    return dict(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        initializer_range=0.2,
+        **extra,
+    )
+
+
+CONFIGS = {
+    "llama": lambda: LlamaConfig(**_common()),
+    "qwen2": lambda: Qwen2Config(**_common()),
+    "gemma3": lambda: Gemma3TextConfig(
+        **_common(head_dim=32, sliding_window=5, layer_types=["sliding_attention", "full_attention", "sliding_attention"])
+    ),
+    "gemma3-softcap": lambda: Gemma3TextConfig(
+        **_common(
+            head_dim=32,
+            sliding_window=5,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            attn_logit_softcapping=3.0,
+        )
+    ),
+}
+ARCHITECTURES = ["llama", "qwen2", "gemma3", "gemma3-softcap"]
+
+
+def tiny_model(architecture: str, attn_implementation: str = "pasta_sdpa", seed: int = 0):
+    torch.manual_seed(seed)
+    config = CONFIGS[architecture]()
+    if architecture.endswith("softcap") and attn_implementation == "pasta_sdpa":
+        attn_implementation = "pasta_eager"
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=torch.float32)
+    return model.eval()
