@@ -6,6 +6,8 @@ following the context when they contain target_new and not target_true, and
 as looping when a word 4-gram occurs three or more times.
 
     python benchmarks/choose_default_heads.py --model default --out benchmarks/results/heads_smollm2.json
+    python benchmarks/choose_default_heads.py --model default --bands 15-21,22-29,18-25,24-29 \
+        --out benchmarks/results/heads_smollm2_round2.json
 """
 
 from __future__ import annotations
@@ -38,7 +40,12 @@ def messages(example: dict) -> list[dict]:
     return [{"role": "user", "content": content}]
 
 
-def candidates(num_layers: int) -> dict[str, HeadSet | None]:
+def candidates(num_layers: int, bands: str | None) -> dict[str, HeadSet | None]:
+    """Bands of whole layers: the given ones ("15-21,22-29"), else halves, quarters and the whole model."""
+    if bands:
+        ranges = [tuple(int(x) for x in band.split("-")) for band in bands.split(",")]
+        named = {f"layers {a}-{b}": HeadSet.from_layers(range(a, b + 1)) for a, b in ranges}
+        return {"none": None, **named}
     half, quarter = num_layers // 2, num_layers // 4
     bands = {
         "none": None,
@@ -56,12 +63,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default")
     parser.add_argument("--alpha", type=float, default=0.01)
+    parser.add_argument("--bands", help='comma-separated layer ranges to compare, e.g. "15-21,22-29"')
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     model = PastaModel.from_pretrained(args.model, heads=[0])
     examples = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
     results = {}
-    for name, heads in candidates(model.num_layers).items():
+    for name, heads in candidates(model.num_layers, args.bands).items():
         started = time.perf_counter()
         answers = [
             model.generate(messages(e), steer=heads is not None, heads=heads, alpha=args.alpha, max_new_tokens=24).text

@@ -16,20 +16,22 @@ from transformers import (
     Qwen2Config,
 )
 
-VOCAB = 128
 CHAT_TEMPLATE = (
     "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<s>assistant:{% endif %}"
 )
 
 
+SPECIALS = ["<pad>", "<s>", "</s>"]
+CHARS = [c for c in string.printable if c not in "\x0b\x0c"]
+VOCAB = len(SPECIALS) + len(CHARS)
+
+
 def char_tokenizer(chat_template: str | None = CHAT_TEMPLATE) -> PreTrainedTokenizerFast:
     """One token per character, so character spans and token indices are easy to reason about."""
-    specials = ["<pad>", "<s>", "</s>"]
-    chars = [c for c in string.printable if c not in "\x0b\x0c"]
-    vocab = {token: i for i, token in enumerate(specials + chars)}
+    vocab = {token: i for i, token in enumerate(SPECIALS + CHARS)}
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<pad>"))
-    backend.add_special_tokens(specials)
+    backend.add_special_tokens(SPECIALS)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
     tokenizer.chat_template = chat_template
     return tokenizer
@@ -76,4 +78,6 @@ def tiny_model(architecture: str, attn_implementation: str = "pasta_sdpa", seed:
     if architecture.endswith("softcap") and attn_implementation == "pasta_sdpa":
         attn_implementation = "pasta_eager"
     model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=torch.float32)
+    # A random model may emit end-of-sequence at once; tests that want it set it themselves.
+    model.generation_config.eos_token_id = None
     return model.eval()
