@@ -48,6 +48,8 @@ class SamplingSettings:
     """Decoding settings, by the names transformers users know. temperature 0 means greedy."""
 
     max_new_tokens: int = 256
+    min_new_tokens: int = 0
+    """Benchmarks set it to max_new_tokens so every variant decodes the same number of tokens."""
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int | None = None
@@ -63,6 +65,7 @@ class SamplingSettings:
         sample = self.temperature > 0
         config = GenerationConfig(
             max_new_tokens=self.max_new_tokens,
+            min_new_tokens=self.min_new_tokens or None,
             do_sample=sample,
             temperature=self.temperature if sample else None,
             top_p=self.top_p if sample else None,
@@ -151,6 +154,7 @@ class PastaModel:
         heads: HeadSetLike | None = None,
         alpha: float | None = None,
         max_new_tokens: int = 256,
+        min_new_tokens: int = 0,
         temperature: float = 0.0,
         top_p: float = 1.0,
         top_k: int | None = None,
@@ -164,7 +168,16 @@ class PastaModel:
         prompt (every occurrence), or character ``spans`` of it; all are one union. ``steer=False``
         runs the plain model.
         """
-        settings = SamplingSettings(max_new_tokens, temperature, top_p, top_k, repetition_penalty, tuple(stop or ()), seed)
+        settings = SamplingSettings(
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            repetition_penalty=repetition_penalty,
+            stop=tuple(stop or ()),
+            seed=seed,
+        )
         return self.generate_batch(
             [prompt],
             emphasis=None if emphasis is None else [emphasis],
@@ -216,6 +229,7 @@ class PastaModel:
         heads: HeadSetLike | None = None,
         alpha: float | None = None,
         max_new_tokens: int = 256,
+        min_new_tokens: int = 0,
         temperature: float = 0.0,
         top_p: float = 1.0,
         top_k: int | None = None,
@@ -228,7 +242,16 @@ class PastaModel:
         Text that could be the start of a stop string is held back until it is known not to be one.
         Closing the iterator early stops the generation.
         """
-        settings = SamplingSettings(max_new_tokens, temperature, top_p, top_k, repetition_penalty, tuple(stop or ()), seed)
+        settings = SamplingSettings(
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            repetition_penalty=repetition_penalty,
+            stop=tuple(stop or ()),
+            seed=seed,
+        )
         call = self._prepare(
             [prompt],
             None if emphasis is None else [emphasis],

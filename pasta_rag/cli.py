@@ -1,0 +1,115 @@
+"""The ``pasta-rag`` command: ask a question over a context, unsteered and steered side by side; benchmark."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import PastaError
+
+app = typer.Typer(
+    help=(
+        "Make a local LLM follow the context you give it. PASTA steers a few attention heads toward "
+        "emphasized text (a retrieved passage, an instruction) at inference time, with no change to the weights.\n\n"
+        "Start with:  pasta-rag ask --context 'The Eiffel Tower is in Rome.' 'Where is the Eiffel Tower?'"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+ModelOption = Annotated[
+    str,
+    typer.Option(help="'default' (SmolLM2-135M-Instruct), 'gemma3-270m', a .gguf file, a model folder or a hub id."),
+]
+
+
+def question_prompt(context: str, question: str, has_chat_template: bool) -> tuple[object, str]:
+    """The prompt ``ask`` sends, and the name of its format (models without a chat template get a plain one)."""
+    if has_chat_template:
+        content = f"Answer the question using the context.\n\nContext: {context}\n\nQuestion: {question}"
+        return [{"role": "user", "content": content}], "chat template"
+    return f"Context: {context}\n\nQuestion: {question}\nAnswer:", "plain 'Context / Question / Answer' format"
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question to answer from the context.")],
+    context: Annotated[str | None, typer.Option(help="The context text (a retrieved passage).")] = None,
+    context_file: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Read the context from a file.")] = None,
+    emphasis: Annotated[
+        list[str] | None,
+        typer.Option(help="Emphasize this substring of the context instead of all of it (repeatable)."),
+    ] = None,
+    model: ModelOption = "default",
+    heads: Annotated[str | None, typer.Option(help="Head set JSON file ({'layer': [heads]}); default: the model's shipped set.")] = None,
+    alpha: Annotated[float, typer.Option(help="Attention scale on non-emphasized tokens (0 < alpha; smaller steers harder).")] = 0.01,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 64,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Answer QUESTION from a context twice: with the plain model and with the context emphasized."""
+    from .emphasis import emphasize
+    from .engine import PastaModel
+
+    if (context is None) == (context_file is None):
+        raise typer.BadParameter("give the context with exactly one of --context or --context-file")
+    text = context if context is not None else context_file.read_text()
+    try:
+        pasta = PastaModel.from_pretrained(model, heads=heads, alpha=alpha)
+        marked = text if emphasis else emphasize(text)
+        prompt, prompt_format = question_prompt(marked, question, bool(pasta.tokenizer.chat_template))
+        answers = {
+            "unsteered": pasta.generate(prompt, steer=False, max_new_tokens=max_new_tokens).text.strip(),
+            "steered": pasta.generate(prompt, emphasis=emphasis, max_new_tokens=max_new_tokens).text.strip(),
+        }
+    except PastaError as error:
+        errors.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    if as_json:
+        console.print_json(json.dumps({"model": pasta.name, "prompt_format": prompt_format, **answers}))
+        return
+    table = Table(title=f"{pasta.name} ({prompt_format}), alpha={alpha}", show_lines=True)
+    table.add_column("unsteered", ratio=1)
+    table.add_column("steered toward the context", ratio=1)
+    table.add_row(answers["unsteered"], answers["steered"])
+    console.print(table)
+
+
+@app.command()
+def bench(
+    model: ModelOption = "default",
+    lengths: Annotated[str, typer.Option(help="Prompt lengths in tokens, comma-separated.")] = "256,1024,4096",
+    new_tokens: Annotated[int, typer.Option(help="Tokens decoded per run.")] = 32,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when present).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Also write the JSON report to this file.")] = None,
+) -> None:
+    """Prefill time, decode tokens/s and peak memory: unsteered, steered, and a dense-mask implementation."""
+    from .bench import run_all
+
+    report = run_all(model, [int(n) for n in lengths.split(",")], new_tokens, device)
+    text = json.dumps(report, indent=2)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+    if as_json:
+        print(text)
+        return
+    table = Table(title=f"{report['model']} on {report['machine']}")
+    for column in ("variant", "prompt tokens", "prefill s", "decode tok/s", "peak MB"):
+        table.add_column(column, justify="right")
+    for r in report["results"]:
+        table.add_row(r["variant"], str(r["prompt_tokens"]), f"{r['prefill_s']:.2f}",
+                      f"{r['decode_tokens_per_s']:.1f}", f"{r['peak_memory_mb']:.0f}")
+    console.print(table)
+    console.print_json(json.dumps(report["ratios"]))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,105 @@
+"""The packaged real models: SmolLM2-135M-Instruct (default, chat template) and Gemma 3 270M (base, no template)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pasta_rag import PastaModel, emphasize
+from pasta_rag import loading
+from pasta_rag.cli import question_prompt
+
+pytestmark = pytest.mark.real_model
+
+DEV_SET = Path(__file__).parents[1] / "benchmarks" / "data" / "conflicts_dev.jsonl"
+EIFFEL = "The Eiffel Tower is located in Rome."
+
+
+@pytest.fixture(scope="session")
+def default_model() -> PastaModel:
+    return PastaModel.from_pretrained("default")
+
+
+@pytest.fixture(scope="session")
+def gemma() -> PastaModel:
+    return PastaModel.from_pretrained("gemma3-270m")
+
+
+def conflicts() -> list[dict]:
+    return [json.loads(line) for line in DEV_SET.read_text().splitlines()]
+
+
+def chat(example: dict) -> list[dict]:
+    return [{"role": "user", "content": f"Context: {emphasize(example['context'])}\nQuestion: {example['question']}"}]
+
+
+def follows(answer: str, example: dict) -> bool:
+    return example["target_new"].lower() in answer.lower() and example["target_true"].lower() not in answer.lower()
+
+
+def test_default_model_is_the_packaged_instruct_model(default_model):
+    assert default_model.name == "smollm2-135m-instruct"
+    assert (default_model.num_layers, default_model.num_heads) == (30, 9)
+    assert default_model.model.config._attn_implementation == "pasta_sdpa"
+    assert default_model.heads is not None and len(default_model.heads) == 63
+    assert default_model.render(chat(conflicts()[0])).format == "chat_template"
+
+
+def test_second_load_reads_the_converted_cache(default_model, monkeypatch):
+    def no_gguf(self, work_dir):
+        raise AssertionError("the GGUF file must not be read again")
+
+    monkeypatch.setattr(loading.PackagedModel, "gguf_path", no_gguf)
+    again = PastaModel.from_pretrained("default")
+    assert again.model.config.num_hidden_layers == 30
+
+
+def test_steering_moves_probability_toward_the_context(default_model):
+    prompt = f"Context: {emphasize(EIFFEL)}\nQuestion: In which city is the Eiffel Tower?\nAnswer: The Eiffel Tower is in"
+    margin = {
+        steer: default_model.score(prompt, " Rome", steer=steer) - default_model.score(prompt, " Paris", steer=steer)
+        for steer in (False, True)
+    }
+    assert margin[True] > margin[False] + 2.0, margin
+
+
+def test_steered_answers_follow_conflicting_contexts(default_model):
+    examples = conflicts()
+    prompts = [chat(e) for e in examples]
+    unsteered = default_model.generate_batch(prompts, steer=False, max_new_tokens=24)
+    steered = default_model.generate_batch(prompts, max_new_tokens=24)
+    unsteered_hits = sum(follows(g.text, e) for g, e in zip(unsteered, examples))
+    steered_hits = sum(follows(g.text, e) for g, e in zip(steered, examples))
+    assert all(g.steered for g in steered) and not any(g.steered for g in unsteered)
+    assert steered_hits >= unsteered_hits + 3, (unsteered_hits, steered_hits)
+
+
+def test_stream_equals_generate_on_the_real_model(default_model):
+    prompt = chat(conflicts()[0])
+    text = default_model.generate(prompt, max_new_tokens=20).text
+    assert "".join(default_model.stream(prompt, max_new_tokens=20)) == text
+    stopped = default_model.generate(prompt, max_new_tokens=20, stop=["Tower is"])
+    assert stopped.finish_reason == "stop" and "Tower is" not in stopped.text
+
+
+def test_gemma_loads_from_its_packages_and_uses_the_plain_format(gemma):
+    assert gemma.name == "gemma3-270m"
+    assert gemma.tokenizer.chat_template is None
+    prompt, prompt_format = question_prompt(emphasize(EIFFEL), "In which city is the Eiffel Tower?", False)
+    assert gemma.render(prompt).format == "plain" and prompt_format.startswith("plain")
+    text = gemma.generate(prompt, max_new_tokens=12).text
+    assert "".join(gemma.stream(prompt, max_new_tokens=12)) == text
+    margin = {steer: gemma.score(prompt, " Rome", steer=steer) - gemma.score(prompt, " Paris", steer=steer)
+              for steer in (False, True)}
+    assert margin[True] > margin[False]
+
+
+def test_gemma_long_prompt_crosses_its_sliding_window(gemma):
+    """Past 512 tokens the sliding layers' cache drops keys: steering must still place them."""
+    filler = "The harbour ledger lists ships, cargo and weather. " * 60
+    prompt = f"{filler}\nContext: {emphasize(EIFFEL)}\nQuestion: In which city is the Eiffel Tower?\nAnswer:"
+    assert gemma.generate(prompt, steer=False, max_new_tokens=1).prompt_tokens > 520
+    result = gemma.generate(prompt, max_new_tokens=8)
+    assert result.steered and result.completion_tokens == 8 or result.finish_reason == "stop"
