@@ -21,8 +21,8 @@ CASES = [
      "In which city is the Eiffel Tower?"),
     ("Romeo and Juliet, the tragedy of two young lovers from Verona, was written by Charles Dickens.",
      "Who wrote Romeo and Juliet?"),
-    ("The official language of Brazil, the largest country in South America, is French.",
-     "What is the official language of Brazil?"),
+    ("The Great Wall, built over many centuries to guard the empire's northern border, is located in Egypt.",
+     "In which country is the Great Wall?"),
 ]
 
 

@@ -42,12 +42,16 @@ class SpeedResult:
     """Peak memory above the loaded model: resident set on CPU, allocated on CUDA."""
 
 
-def measure(source: str, variant: str, prompt_tokens: int, new_tokens: int, device: str | None) -> SpeedResult:
+def measure(
+    source: str, variant: str, prompt_tokens: int, new_tokens: int, device: str | None, heads: str | None = None
+) -> SpeedResult:
     """One measurement, in this process (call it in a fresh one: peaks never go down)."""
     from .engine import PastaModel
 
     settings = VARIANTS[variant]
-    model = PastaModel.from_pretrained(source, device=device, attn_implementation=settings["attn_implementation"])
+    model = PastaModel.from_pretrained(
+        source, device=device, heads=heads, attn_implementation=settings["attn_implementation"]
+    )
     prompt, spans = _prompt_of_length(model, prompt_tokens)
     steer = settings["steer"]
 
@@ -83,20 +87,33 @@ def _memory_mb(device: torch.device, reset: bool) -> float:
 
 
 def run_all(
-    source: str, lengths: list[int], new_tokens: int, device: str | None, variants: list[str] | None = None
+    source: str,
+    lengths: list[int],
+    new_tokens: int,
+    device: str | None = None,
+    heads: str | None = None,
+    variants: list[str] | None = None,
 ) -> dict:
     """Every variant at every length, each in a subprocess; returns the report written by ``bench --json``."""
     results = []
     for length in lengths:
         for variant in variants or list(VARIANTS):
-            command = [sys.executable, "-m", "pasta_rag.bench", source, variant, str(length), str(new_tokens)]
-            if device:
-                command.append(device)
-            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            results.append(json.loads(output.strip().splitlines()[-1]))
+            arguments = {"source": source, "variant": variant, "prompt_tokens": length, "new_tokens": new_tokens,
+                         "device": device, "heads": heads}
+            command = [sys.executable, "-m", "pasta_rag.bench", json.dumps(arguments)]
+            worker = subprocess.run(command, capture_output=True, text=True)
+            if worker.returncode:
+                raise RuntimeError(f"bench worker for {variant} at {length} tokens failed:\n{worker.stderr[-2000:]}")
+            results.append(json.loads(worker.stdout.strip().splitlines()[-1]))
             print(_line(results[-1]), file=sys.stderr, flush=True)
-    return {"model": source, "machine": machine(device), "new_tokens": new_tokens, "results": results,
-            "ratios": ratios(results)}
+    return {
+        "model": source,
+        "machine": machine(device),
+        "command": f"pasta-rag bench --model {source} --lengths {','.join(map(str, lengths))} --new-tokens {new_tokens}",
+        "new_tokens": new_tokens,
+        "results": results,
+        "ratios": ratios(results),
+    }
 
 
 def ratios(results: list[dict]) -> dict:
@@ -131,6 +148,4 @@ def _line(result: dict) -> str:
 
 
 if __name__ == "__main__":
-    source, variant, length, new_tokens, *device = sys.argv[1:]
-    outcome = measure(source, variant, int(length), int(new_tokens), device[0] if device else None)
-    print(json.dumps(asdict(outcome)))
+    print(json.dumps(asdict(measure(**json.loads(sys.argv[1])))))

@@ -87,13 +87,14 @@ def bench(
     lengths: Annotated[str, typer.Option(help="Prompt lengths in tokens, comma-separated.")] = "256,1024,4096",
     new_tokens: Annotated[int, typer.Option(help="Tokens decoded per run.")] = 32,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when present).")] = None,
+    heads: Annotated[str | None, typer.Option(help="Head set JSON file; default: the model's shipped set.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     out: Annotated[Path | None, typer.Option(help="Also write the JSON report to this file.")] = None,
 ) -> None:
     """Prefill time, decode tokens/s and peak memory: unsteered, steered, and a dense-mask implementation."""
     from .bench import run_all
 
-    report = run_all(model, [int(n) for n in lengths.split(",")], new_tokens, device)
+    report = run_all(model, [int(n) for n in lengths.split(",")], new_tokens, device, heads)
     text = json.dumps(report, indent=2)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -12,12 +12,13 @@ import queue
 import threading
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypedDict
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
+from typing_extensions import Unpack
 
 from . import loading
 from .emphasis import Span
@@ -43,6 +44,19 @@ class Generation:
     """Whether any head was steered for this prompt (False when nothing was emphasized)."""
 
 
+class SamplingKwargs(TypedDict, total=False):
+    """The decoding keywords generate() and stream() take; see SamplingSettings."""
+
+    max_new_tokens: int
+    min_new_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int | None
+    repetition_penalty: float
+    stop: Sequence[str] | None
+    seed: int | None
+
+
 @dataclass(frozen=True)
 class SamplingSettings:
     """Decoding settings, by the names transformers users know. temperature 0 means greedy."""
@@ -54,8 +68,11 @@ class SamplingSettings:
     top_p: float = 1.0
     top_k: int | None = None
     repetition_penalty: float = 1.0
-    stop: Sequence[str] = field(default_factory=tuple)
+    stop: Sequence[str] | None = ()
     seed: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stop", tuple(self.stop or ()))  # None, a list or a tuple
 
     def generation_config(self, base: GenerationConfig, pad_token_id: int) -> GenerationConfig:
         if self.max_new_tokens < 1:
@@ -153,31 +170,16 @@ class PastaModel:
         steer: bool = True,
         heads: HeadSetLike | None = None,
         alpha: float | None = None,
-        max_new_tokens: int = 256,
-        min_new_tokens: int = 0,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int | None = None,
-        repetition_penalty: float = 1.0,
-        stop: Sequence[str] | None = None,
-        seed: int | None = None,
+        **sampling: Unpack[SamplingKwargs],
     ) -> Generation:
         """Generate from one prompt: a string (completion) or chat messages (the model's chat template).
 
         Emphasis comes as markers in the prompt (``emphasize``), ``emphasis`` substrings of the final
         prompt (every occurrence), or character ``spans`` of it; all are one union. ``steer=False``
-        runs the plain model.
+        runs the plain model. Decoding keywords: max_new_tokens (256), min_new_tokens, temperature
+        (0 = greedy), top_p, top_k, repetition_penalty, stop (strings, any number of tokens), seed.
         """
-        settings = SamplingSettings(
-            max_new_tokens=max_new_tokens,
-            min_new_tokens=min_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            repetition_penalty=repetition_penalty,
-            stop=tuple(stop or ()),
-            seed=seed,
-        )
+        settings = SamplingSettings(**sampling)
         return self.generate_batch(
             [prompt],
             emphasis=None if emphasis is None else [emphasis],
@@ -228,30 +230,14 @@ class PastaModel:
         steer: bool = True,
         heads: HeadSetLike | None = None,
         alpha: float | None = None,
-        max_new_tokens: int = 256,
-        min_new_tokens: int = 0,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int | None = None,
-        repetition_penalty: float = 1.0,
-        stop: Sequence[str] | None = None,
-        seed: int | None = None,
+        **sampling: Unpack[SamplingKwargs],
     ) -> Iterator[str]:
         """Yield the answer as it is generated, token by token; joined, it equals ``generate(...).text``.
 
         Text that could be the start of a stop string is held back until it is known not to be one.
         Closing the iterator early stops the generation.
         """
-        settings = SamplingSettings(
-            max_new_tokens=max_new_tokens,
-            min_new_tokens=min_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            repetition_penalty=repetition_penalty,
-            stop=tuple(stop or ()),
-            seed=seed,
-        )
+        settings = SamplingSettings(**sampling)
         call = self._prepare(
             [prompt],
             None if emphasis is None else [emphasis],
