@@ -49,7 +49,11 @@ def ask(
     ] = None,
     model: ModelOption = "default",
     heads: Annotated[str | None, typer.Option(help="Head set JSON file ({'layer': [heads]}); default: the model's shipped set.")] = None,
-    alpha: Annotated[float, typer.Option(help="Attention scale on non-emphasized tokens (0 < alpha; smaller steers harder).")] = 0.01,
+    alpha: Annotated[
+        float | None,
+        typer.Option(help="Attention scale on non-emphasized tokens (0 < alpha; smaller steers harder). "
+                     "Default: the head set's own, else 0.01."),
+    ] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 64,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
@@ -74,7 +78,7 @@ def ask(
     if as_json:
         console.print_json(json.dumps({"model": pasta.name, "prompt_format": prompt_format, **answers}))
         return
-    table = Table(title=f"{pasta.name} ({prompt_format}), alpha={alpha}", show_lines=True)
+    table = Table(title=f"{pasta.name} ({prompt_format}), alpha={pasta.alpha}", show_lines=True)
     table.add_column("unsteered", ratio=1)
     table.add_column("steered toward the context", ratio=1)
     table.add_row(answers["unsteered"], answers["steered"])

@@ -108,7 +108,7 @@ class PastaModel:
         tokenizer: PreTrainedTokenizerBase,
         *,
         heads: HeadSetLike | None = None,
-        alpha: float = DEFAULT_ALPHA,
+        alpha: float | None = None,
         name: str | None = None,
     ):
         self.model = model
@@ -119,10 +119,12 @@ class PastaModel:
         self.num_heads: int = text_config.num_attention_heads
         self.context_window: int = getattr(text_config, "max_position_embeddings", None) or 2048
         self._use_steerable_attention(text_config)
-        self.alpha = _checked_alpha(alpha)
         if heads is None:
             heads = shipped_head_set(self.name)
         self.heads: HeadSet | None = self._resolve_heads(heads) if heads is not None else None
+        if alpha is None:  # a head set is chosen together with its alpha; use that one unless told otherwise
+            alpha = self.heads.metadata.get("alpha", DEFAULT_ALPHA) if self.heads is not None else DEFAULT_ALPHA
+        self.alpha = _checked_alpha(alpha)
         self.pad_token_id: int = _pad_token_id(tokenizer, model)
 
     @classmethod
@@ -131,7 +133,7 @@ class PastaModel:
         source: str | os.PathLike = "default",
         *,
         heads: HeadSetLike | None = None,
-        alpha: float = DEFAULT_ALPHA,
+        alpha: float | None = None,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         device_map: str | dict | None = None,
@@ -140,6 +142,7 @@ class PastaModel:
     ) -> PastaModel:
         """Load ``"default"`` (SmolLM2-135M-Instruct), ``"gemma3-270m"``, a .gguf file, a directory or a hub id.
 
+        ``alpha`` defaults to the head set's own (its metadata), else 0.01.
         ``attn_implementation`` is the kernel to steer: ``sdpa`` (default) or ``eager``;
         ``device``, ``dtype`` and ``device_map`` mean what they mean in transformers.
         """

@@ -57,7 +57,7 @@ class SteeringState:
     num_heads: int
     _head_switch: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
     _kv_offsets: dict[int, int] = field(default_factory=dict, repr=False)
-    _key_bias: dict[tuple[int, int, int], torch.Tensor] = field(default_factory=dict, repr=False)
+    _key_bias: dict[tuple, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if not self.alpha > 0:
@@ -92,7 +92,7 @@ class SteeringState:
                 "for them (a ready-made 4D attention_mask, or a paged cache). Pass a 2D attention_mask."
             )
         offset = self._kv_offsets[kv_length]
-        cache_key = (kv_length, offset, batch)
+        cache_key = (kv_length, offset, batch, device, dtype)  # layers may sit on several devices
         if cache_key not in self._key_bias:
             if len(self._key_bias) > 8:
                 self._key_bias.clear()

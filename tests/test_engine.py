@@ -185,3 +185,10 @@ def test_other_architectures_generate_and_stream(architecture):
     text = model.generate(PROMPT, max_new_tokens=10).text
     assert "".join(model.stream(PROMPT, max_new_tokens=10)) == text
     assert torch.isfinite(torch.tensor(model.score(PROMPT, " green")))
+
+
+def test_alpha_comes_from_the_head_set_unless_given():
+    heads = {"heads": [1], "metadata": {"alpha": 0.2}}
+    assert PastaModel(tiny_model("llama"), char_tokenizer(), heads=heads).alpha == 0.2
+    assert PastaModel(tiny_model("llama"), char_tokenizer(), heads=heads, alpha=0.05).alpha == 0.05
+    assert PastaModel(tiny_model("llama"), char_tokenizer(), heads=[1]).alpha == 0.01

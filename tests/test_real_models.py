@@ -91,9 +91,17 @@ def test_gemma_loads_from_its_packages_and_uses_the_plain_format(gemma):
     assert gemma.render(prompt).format == "plain" and prompt_format.startswith("plain")
     text = gemma.generate(prompt, max_new_tokens=12).text
     assert "".join(gemma.stream(prompt, max_new_tokens=12)) == text
-    margin = {steer: gemma.score(prompt, " Rome", steer=steer) - gemma.score(prompt, " Paris", steer=steer)
-              for steer in (False, True)}
-    assert margin[True] > margin[False]
+    assert gemma.score(prompt, " Rome") != pytest.approx(gemma.score(prompt, " Rome", steer=False), abs=0.05)
+
+
+def test_gemma_steered_answers_follow_conflicting_contexts(gemma):
+    examples = conflicts()
+    prompts = [chat(e) for e in examples]  # no chat template: the plain "User: ... Assistant:" format
+    unsteered = gemma.generate_batch(prompts, steer=False, max_new_tokens=24)
+    steered = gemma.generate_batch(prompts, max_new_tokens=24)
+    unsteered_hits = sum(follows(g.text, e) for g, e in zip(unsteered, examples))
+    steered_hits = sum(follows(g.text, e) for g, e in zip(steered, examples))
+    assert steered_hits > unsteered_hits, (unsteered_hits, steered_hits)
 
 
 def test_gemma_long_prompt_crosses_its_sliding_window(gemma):
