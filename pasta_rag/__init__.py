@@ -1,6 +1,6 @@
 """pasta-rag: post-hoc attention steering (PASTA) for local LLMs in RAG chains and agents."""
 
-from .emphasis import EMPHASIS_END, EMPHASIS_START, emphasize, parse_marked, strip_markers
+from .emphasis import EMPHASIS_END, EMPHASIS_START, emphasize, has_markers, parse_marked, strip_markers
 from .engine import Generation, PastaModel, SamplingSettings
 from .errors import (
     ContextWindowError,
@@ -26,6 +26,7 @@ __all__ = [
     "SamplingSettings",
     "SteeringError",
     "emphasize",
+    "has_markers",
     "parse_marked",
     "strip_markers",
 ]

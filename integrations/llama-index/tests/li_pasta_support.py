@@ -1,0 +1,88 @@
+"""Test helpers for llama-index-llms-pasta (named uniquely: pytest imports it next to the core tests)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tiny import char_tokenizer, tiny_model
+
+from pasta_rag import PastaModel
+
+
+def tiny_pasta_model(chat_template: bool = True) -> PastaModel:
+    """The random tiny Llama with a character tokenizer; its window is widened so real templates fit."""
+    model = tiny_model("llama")
+    model.config.max_position_embeddings = 4096  # rotary positions have no hard limit; the prompts need room
+    tokenizer = char_tokenizer() if chat_template else char_tokenizer(chat_template=None)
+    return PastaModel(model, tokenizer, heads=[1, 2], name="tiny-llama")
+
+
+@dataclass
+class Call:
+    prompt: Any
+    kwargs: dict
+    text: str  # the final prompt the model read (template applied, markers stripped)
+    spans: list
+    output: str = ""
+
+    @property
+    def emphasized(self) -> list[str]:
+        return [self.text[start:end] for start, end in self.spans]
+
+    def unemphasized(self) -> str:
+        """The prompt with the emphasized spans cut out."""
+        pieces, last = [], 0
+        for start, end in self.spans:
+            pieces.append(self.text[last:start])
+            last = end
+        return "".join(pieces) + self.text[last:]
+
+    def is_emphasized(self, needle: str) -> bool:
+        """Whether every occurrence of ``needle`` lies inside one emphasized span."""
+        start = self.text.find(needle)
+        assert start >= 0, f"{needle!r} is not in the prompt"
+        while start >= 0:
+            if not any(s <= start and start + len(needle) <= e for s, e in self.spans):
+                return False
+            start = self.text.find(needle, start + 1)
+        return True
+
+
+@dataclass
+class CoreSpy:
+    """Records what PastaLLM hands the core model (generate and stream), and what came back."""
+
+    core: PastaModel
+    calls: list[Call] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        generate, stream = self.core.generate, self.core.stream
+
+        def spy_generate(prompt, **kwargs):
+            call = self._record(prompt, kwargs)
+            result = generate(prompt, **kwargs)
+            call.output = result.text
+            return result
+
+        def spy_stream(prompt, **kwargs):
+            call = self._record(prompt, kwargs)
+            chunks = stream(prompt, **kwargs)
+            try:
+                for chunk in chunks:
+                    call.output += chunk
+                    yield chunk
+            finally:
+                chunks.close()
+
+        self.core.generate, self.core.stream = spy_generate, spy_stream
+
+    def restore(self) -> None:
+        """Stop spying (for a model shared by several tests)."""
+        del self.core.generate, self.core.stream
+
+    def _record(self, prompt, kwargs) -> Call:
+        rendered = self.core.render(prompt, emphasis=kwargs.get("emphasis"))
+        call = Call(prompt, kwargs, rendered.text, rendered.spans)
+        self.calls.append(call)
+        return call
