@@ -1,7 +1,7 @@
 """pasta-rag: post-hoc attention steering (PASTA) for local LLMs in RAG chains and agents."""
 
 from .emphasis import EMPHASIS_END, EMPHASIS_START, emphasize, has_markers, parse_marked, strip_markers
-from .engine import Generation, PastaModel, SamplingSettings
+from .engine import Generation, PastaModel, SamplingSettings, TextStream
 from .errors import (
     ContextWindowError,
     EmphasisError,
@@ -25,6 +25,7 @@ __all__ = [
     "PastaModel",
     "SamplingSettings",
     "SteeringError",
+    "TextStream",
     "emphasize",
     "has_markers",
     "parse_marked",

@@ -234,11 +234,12 @@ class PastaModel:
         heads: HeadSetLike | None = None,
         alpha: float | None = None,
         **sampling: Unpack[SamplingKwargs],
-    ) -> Iterator[str]:
-        """Yield the answer as it is generated, token by token; joined, it equals ``generate(...).text``.
+    ) -> TextStream:
+        """The answer as it is generated, token by token; joined, it equals ``generate(...).text``.
 
-        Text that could be the start of a stop string is held back until it is known not to be one.
-        Closing the iterator early stops the generation.
+        Bad input raises here, before any token. Text that could be the start of a stop string is
+        held back until it is known not to be one. Closing the stream early stops the generation;
+        once it is exhausted, ``stream.generation`` holds the token counts and finish reason.
         """
         settings = SamplingSettings(**sampling)
         call = self._prepare(
@@ -250,6 +251,11 @@ class PastaModel:
             alpha,
             settings,
         )
+        stream = TextStream()
+        stream._chunks = self._stream_chunks(call, settings, stream)
+        return stream
+
+    def _stream_chunks(self, call: _Call, settings: SamplingSettings, sink: TextStream) -> Iterator[str]:
         tokens: queue.Queue = queue.Queue()
         cancel = threading.Event()
         stopper = StopOnText(self.tokenizer, call.batch.prompt_len, settings.stop, cancel)
@@ -290,6 +296,9 @@ class PastaModel:
             text, _ = self._answer_text(generated, settings.stop)
             if len(text) > shown:
                 yield text[shown:]
+            prompt_tokens = int(call.batch.attention_mask[0].sum())
+            sink.generation = self._finish(torch.tensor(generated, dtype=torch.long), prompt_tokens, settings,
+                                           call.state_rows[0])
         finally:
             cancel.set()
             worker.join()
@@ -414,6 +423,21 @@ class PastaModel:
         completion = tokens[: ended + 1] if ended is not None else [t for t in tokens if t != self.pad_token_id]
         text, stopped = self._answer_text(tokens, settings.stop)
         return Generation(text, prompt_tokens, len(completion), "stop" if stopped else "length", steered)
+
+
+class TextStream(Iterator[str]):
+    """The chunks of a streamed answer (an iterator of str); ``generation`` is set after the last one."""
+
+    def __init__(self) -> None:
+        self._chunks: Iterator[str] = iter(())
+        self.generation: Generation | None = None
+
+    def __next__(self) -> str:
+        return next(self._chunks)
+
+    def close(self) -> None:
+        """Stop generating (the worker thread ends at its next token)."""
+        self._chunks.close()
 
 
 @dataclass(frozen=True)

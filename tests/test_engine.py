@@ -84,9 +84,17 @@ def test_end_of_sequence_ends_the_answer():
 
 
 def test_stream_yields_the_generated_text_token_by_token(model):
-    chunks = list(model.stream(PROMPT, max_new_tokens=12))
+    stream = model.stream(PROMPT, max_new_tokens=12)
+    assert stream.generation is None
+    chunks = list(stream)
     assert len(chunks) > 1
     assert "".join(chunks) == model.generate(PROMPT, max_new_tokens=12).text
+    assert stream.generation == model.generate(PROMPT, max_new_tokens=12)
+
+
+def test_stream_raises_bad_input_before_any_token(model):
+    with pytest.raises(EmphasisError):
+        model.stream("a prompt", emphasis=["missing"])
 
 
 def test_multi_token_stop_strings_end_generate_and_stream_alike(model):
