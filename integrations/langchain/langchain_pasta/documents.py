@@ -1,0 +1,77 @@
+"""Retrieved documents -> emphasized context text.
+
+The drop-in for the ``format_docs`` step of RAG chains::
+
+    chain = {"context": retriever | format_docs, "question": RunnablePassthrough()} | prompt | ChatPasta()
+
+Each document's text is wrapped in emphasis markers, after removing any marker
+characters the document already holds: a poisoned document cannot forge
+emphasis for itself (or close the emphasis early and steer toward text it
+appends). Metadata shown through ``document_prompt`` is untrusted too and is
+stripped the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.documents import Document
+from langchain_core.prompts import BasePromptTemplate, PromptTemplate, format_document
+from langchain_core.runnables import RunnableConfig, RunnableSerializable
+from pasta_rag import emphasize, strip_markers
+
+DEFAULT_SEPARATOR = "\n\n"
+
+
+def format_docs(docs: Sequence[Document] | Document, separator: str = DEFAULT_SEPARATOR) -> str:
+    """Join the documents' text, each one emphasized. Use it where a chain has ``format_docs``."""
+    return PastaDocumentFormatter(separator=separator).invoke(docs)
+
+
+def emphasize_documents(docs: Sequence[Document]) -> list[Document]:
+    """Copies of the documents with their text emphasized, for chains that format documents themselves
+    (``create_stuff_documents_chain`` and the like): put it between the retriever and that chain."""
+    return [doc.model_copy(update={"page_content": emphasize(doc.page_content)}) for doc in _checked(docs)]
+
+
+class PastaDocumentFormatter(RunnableSerializable[Sequence[Document], str]):
+    """A runnable that turns ``list[Document]`` into emphasized context text.
+
+    ``document_prompt`` formats each document (default: its text alone), e.g.
+    ``PromptTemplate.from_template("[{source}] {page_content}")``; the formatted entry is what gets
+    emphasized. ``emphasize=False`` gives the same text unmarked (and still stripped of forged markers),
+    for comparisons.
+    """
+
+    document_prompt: BasePromptTemplate | None = None
+    separator: str = DEFAULT_SEPARATOR
+    emphasize: bool = True
+
+    def invoke(self, input: Sequence[Document] | Document, config: RunnableConfig | None = None, **kwargs: Any) -> str:
+        return self._call_with_config(self._format, input, config, run_type="parser")
+
+    def _format(self, docs: Sequence[Document] | Document) -> str:
+        prompt = self.document_prompt or PromptTemplate.from_template("{page_content}")
+        entries = []
+        for doc in _checked(docs):
+            safe = Document(
+                page_content=strip_markers(doc.page_content),
+                metadata={k: strip_markers(v) if isinstance(v, str) else v for k, v in doc.metadata.items()},
+            )
+            entry = format_document(safe, prompt)
+            entries.append(emphasize(entry) if self.emphasize else entry)
+        return self.separator.join(entries)
+
+
+def _checked(docs: Sequence[Document] | Document) -> list[Document]:
+    if isinstance(docs, Document):
+        return [docs]
+    if isinstance(docs, (str, bytes)) or not isinstance(docs, Sequence):
+        raise TypeError(
+            f"format_docs takes a list of Documents (what a retriever returns), got {type(docs).__name__}."
+        )
+    for doc in docs:
+        if not isinstance(doc, Document):
+            raise TypeError(f"format_docs takes a list of Documents; one item is a {type(doc).__name__}.")
+    return list(docs)

@@ -1,0 +1,122 @@
+"""LangChain messages -> the core's chat messages, with per-message emphasis.
+
+A message is emphasized when its ``additional_kwargs["pasta_emphasis"]`` is set
+(``pin(message)`` does that), or when it is a system message and the chat model
+has ``pin_system=True``. The flag travels with the message, so a pinned
+instruction stays emphasized on every later call of a conversation or agent loop
+that keeps the message in its history, with no change to the loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    ChatMessage,
+    FunctionMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
+from pasta_rag import EMPHASIS_END, EMPHASIS_START, emphasize
+from pasta_rag.emphasis import find_substrings, has_markers
+
+EMPHASIS_KEY = "pasta_emphasis"
+"""``additional_kwargs`` key: ``True`` emphasizes the whole message; a list of strings emphasizes those
+substrings of it (every occurrence)."""
+
+MessageT = TypeVar("MessageT", bound=BaseMessage)
+
+
+def pin(message: MessageT, emphasis: bool | Sequence[str] = True) -> MessageT:
+    """A copy of ``message`` that the chat model emphasizes on every call it appears in.
+
+    ``emphasis=True`` emphasizes the whole message; a list of strings emphasizes only those substrings
+    (they must occur in the message). Use it for an instruction that must keep holding after many turns:
+
+    >>> messages = [pin(SystemMessage("Answer in one word.")), HumanMessage("...")]
+    """
+    if not isinstance(message, BaseMessage):
+        raise TypeError(f"pin() takes a LangChain message, got {type(message).__name__}.")
+    flag = _checked_flag(emphasis)
+    return message.model_copy(update={"additional_kwargs": {**message.additional_kwargs, EMPHASIS_KEY: flag}})
+
+
+def role_of(message: BaseMessage) -> str:
+    """The chat-template role of a LangChain message."""
+    if isinstance(message, SystemMessage):
+        return "system"
+    if isinstance(message, HumanMessage):
+        return "user"
+    if isinstance(message, AIMessage):
+        return "assistant"
+    if isinstance(message, (ToolMessage, FunctionMessage)):
+        return "tool"
+    if isinstance(message, ChatMessage):
+        return message.role
+    raise TypeError(f"ChatPasta cannot send a {type(message).__name__} to the model.")
+
+
+def message_text(message: BaseMessage) -> str:
+    """The text of a message; other content blocks (images, audio, files) are refused, not dropped."""
+    content = message.content
+    if isinstance(content, str):
+        return content
+    parts: list[str] = []
+    for block in content:
+        if isinstance(block, str):
+            parts.append(block)
+        elif isinstance(block, dict) and block.get("type") == "text":
+            parts.append(block.get("text", ""))
+        elif isinstance(block, dict) and block.get("type") in ("reasoning", "thinking"):
+            continue  # earlier reasoning is not replayed to the model
+        else:
+            kind = block.get("type") if isinstance(block, dict) else type(block).__name__
+            raise ValueError(f"ChatPasta reads text only; a {role_of(message)} message holds a {kind!r} block.")
+    return "".join(parts)
+
+
+def to_core_messages(messages: Sequence[BaseMessage], *, pin_system: bool = False) -> list[dict[str, str]]:
+    """Role/content dicts for the core, with pinned messages wrapped in emphasis markers."""
+    if not messages:
+        raise ValueError("ChatPasta got no messages.")
+    converted = []
+    for message in messages:
+        text = message_text(message)
+        flag: Any = message.additional_kwargs.get(EMPHASIS_KEY)
+        if flag is None and pin_system and isinstance(message, SystemMessage):
+            flag = True
+        if flag:
+            text = _emphasized(text, _checked_flag(flag))
+        converted.append({"role": role_of(message), "content": text})
+    return converted
+
+
+def any_marked(messages: Sequence[dict[str, str]]) -> bool:
+    return any(has_markers(message["content"]) for message in messages)
+
+
+def _emphasized(text: str, flag: bool | list[str]) -> str:
+    if flag is True:
+        # The whole message: markers already inside it are covered anyway, so emphasize() may drop them.
+        return emphasize(text) if text else text
+    spans = find_substrings(text, flag)  # substrings hold no marker, so wrapping them nests cleanly
+    pieces, position = [], 0
+    for start, end in spans:
+        pieces += [text[position:start], EMPHASIS_START, text[start:end], EMPHASIS_END]
+        position = end
+    pieces.append(text[position:])
+    return "".join(pieces)
+
+
+def _checked_flag(flag: Any) -> bool | list[str]:
+    if flag is True or flag is False:
+        return flag
+    if isinstance(flag, str):
+        return [flag]
+    if isinstance(flag, Sequence) and all(isinstance(item, str) and item for item in flag):
+        return list(flag)
+    raise TypeError(f"{EMPHASIS_KEY} must be True/False or a list of non-empty substrings, got {flag!r}.")

@@ -1,0 +1,24 @@
+"""Test helpers of langchain-pasta (named so as not to clash with the core's test modules)."""
+
+from __future__ import annotations
+
+import functools
+
+from pasta_rag import PastaModel
+
+TINY_HEADS = [1, 2]
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_engine() -> PastaModel:
+    """The core's tiny random Llama with the char tokenizer: fast, offline, steerable."""
+    from tiny import char_tokenizer, tiny_model
+
+    return PastaModel(tiny_model("llama"), char_tokenizer(), heads=TINY_HEADS)
+
+
+def real_engine() -> PastaModel:
+    """The default packaged model, through the same per-process cache ChatPasta(model="default") uses."""
+    from langchain_pasta import load_engine
+
+    return load_engine("default")
