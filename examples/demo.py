@@ -21,8 +21,8 @@ CASES = [
      "In which city is the Eiffel Tower?"),
     ("Romeo and Juliet, the tragedy of two young lovers from Verona, was written by Charles Dickens.",
      "Who wrote Romeo and Juliet?"),
-    ("The Great Wall, built over many centuries to guard the empire's northern border, is located in Egypt.",
-     "In which country is the Great Wall?"),
+    ("The Statue of Liberty, the copper statue given as a gift in 1886, stands in the harbour of Sydney.",
+     "In which city is the Statue of Liberty?"),
 ]
 
 
