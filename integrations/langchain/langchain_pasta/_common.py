@@ -227,7 +227,8 @@ class PastaFields(BaseModel):
             settings=first.settings,
         )
 
-    def _stream_request(self, request: CoreRequest) -> Iterator[str]:
+    def _stream_request(self, request: CoreRequest, finished: list[Generation] | None = None) -> Iterator[str]:
+        """The answer's text chunks; the core's final Generation (exact counts) is appended to ``finished``."""
         chunks = self._engine.stream(
             request.prompt,
             emphasis=request.emphasis,
@@ -247,14 +248,15 @@ class PastaFields(BaseModel):
             yield from chunks
         finally:
             chunks.close()  # stops the generation thread when the consumer stops early
+        if finished is not None and chunks.generation is not None:
+            finished.append(chunks.generation)
 
-    def _streamed_usage(self, request: CoreRequest, text: str) -> Generation:
-        """Token counts and finish reason of a streamed answer.
-
-        ``PastaModel.stream`` yields text only, so the prompt is counted by tokenizing the rendered prompt
-        (exact) and the answer by re-tokenizing its text (the same count unless the tokenizer would split
-        the text differently from how it was generated).
-        """
+    def _streamed_usage(self, request: CoreRequest, text: str, finished: Sequence[Generation] = ()) -> Generation:
+        """Token counts and finish reason of a streamed answer: the core's own when the stream ran to its
+        end; otherwise the prompt is counted by tokenizing the rendered prompt (exact) and the answer by
+        re-tokenizing its text."""
+        if finished:
+            return finished[-1]
         engine = self._engine
         rendered = engine.render(request.prompt, emphasis=request.emphasis, spans=request.spans)
         prompt_tokens = len(engine.tokenizer(rendered.text, add_special_tokens=rendered.add_special_tokens)["input_ids"])

@@ -145,13 +145,14 @@ class ChatPasta(PastaFields, BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         request = self._request(messages, stop, kwargs)
         pieces: list[str] = []
-        for text in self._stream_request(request):
+        finished: list[Generation] = []
+        for text in self._stream_request(request, finished):
             pieces.append(text)
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=text))
             if run_manager:
                 run_manager.on_llm_new_token(text, chunk=chunk)
             yield chunk
-        yield self._last_chunk(request, "".join(pieces))
+        yield self._last_chunk(request, "".join(pieces), finished)
 
     async def _astream(
         self,
@@ -162,17 +163,18 @@ class ChatPasta(PastaFields, BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         request = self._request(messages, stop, kwargs)  # bad input fails here, before any thread starts
         pieces: list[str] = []
-        async for text in iterate_in_thread(lambda: self._stream_request(request)):
+        finished: list[Generation] = []
+        async for text in iterate_in_thread(lambda: self._stream_request(request, finished)):
             pieces.append(text)
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=text))
             if run_manager:
                 await run_manager.on_llm_new_token(text, chunk=chunk)
             yield chunk
-        yield await asyncio.to_thread(self._last_chunk, request, "".join(pieces))
+        yield await asyncio.to_thread(self._last_chunk, request, "".join(pieces), finished)
 
-    def _last_chunk(self, request: CoreRequest, text: str) -> ChatGenerationChunk:
+    def _last_chunk(self, request: CoreRequest, text: str, finished: list[Generation]) -> ChatGenerationChunk:
         """The closing chunk: no text, the usage counts and the finish reason (set once per answer)."""
-        generation = self._streamed_usage(request, text)
+        generation = self._streamed_usage(request, text, finished)
         return ChatGenerationChunk(
             message=AIMessageChunk(content="", chunk_position="last", usage_metadata=_usage(generation)),
             generation_info=_generation_info(generation, self.model_name),

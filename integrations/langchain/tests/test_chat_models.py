@@ -352,3 +352,20 @@ def test_an_unsteered_request_stays_unsteered_inside_a_steered_batch(chat, tiny_
     mixed = chat.batch([marked, "Hello"])
     assert [a.content for a in answers] == [plain.content] * 2
     assert mixed[0].response_metadata["steered"] is True
+
+
+def test_streamed_usage_is_the_cores_exact_count(chat, tiny_engine, monkeypatch):
+    messages = [pin(HumanMessage("Where is the tower?"))]
+    invoked = chat.invoke(messages)
+
+    def no_recounting(*args, **kwargs):
+        raise AssertionError("a finished stream must report the core's own counts, not re-render the prompt")
+
+    streamed = None
+    for chunk in chat.stream(messages):
+        streamed = chunk if streamed is None else streamed + chunk
+        monkeypatch.setattr(tiny_engine, "render", no_recounting)  # the core rendered before the first chunk
+    monkeypatch.undo()
+    assert streamed.content == invoked.content
+    assert streamed.usage_metadata == invoked.usage_metadata
+    assert streamed.response_metadata["finish_reason"] == invoked.response_metadata["finish_reason"]
