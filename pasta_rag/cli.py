@@ -116,5 +116,48 @@ def bench(
     console.print_json(json.dumps(report["ratios"]))
 
 
+@app.command("eval")
+def evaluate_command(
+    data: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="JSON Lines task file (see pasta_rag/evaluation.py).")],
+    model: ModelOption = "default",
+    heads: Annotated[str | None, typer.Option(help="Head set JSON file; default: the model's shipped set.")] = None,
+    alpha: Annotated[float | None, typer.Option(help="Alpha for pasta; default: the head set's own, else 0.01.")] = None,
+    methods: Annotated[str, typer.Option(help="Comma-separated: none, marked, pasta.")] = "none,marked,pasta",
+    out: Annotated[Path | None, typer.Option(help="Write the results as JSON here.")] = None,
+) -> None:
+    """Score methods on a task file: es / acc / rep per task kind (malformed lines are reported and skipped)."""
+    from rich.progress import Progress
+
+    from .engine import PastaModel
+    from .evaluation import evaluate, read_examples
+
+    examples, problems = read_examples(data)
+    for problem in problems:
+        errors.print(f"[yellow]skipped line {problem.line}:[/yellow] {problem.message}")
+    if not examples:
+        errors.print(f"[red]error:[/red] {data} holds no usable example.")
+        raise typer.Exit(2)
+    chosen = [m.strip() for m in methods.split(",") if m.strip()]
+    try:
+        pasta = PastaModel.from_pretrained(model, heads=heads, alpha=alpha)
+        with Progress(console=errors) as progress:
+            task = progress.add_task("evaluating", total=len(examples) * len(chosen))
+            report = evaluate(pasta, examples, chosen, progress=lambda n: progress.advance(task, n))
+    except PastaError as error:
+        errors.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    table = Table(title=f"{pasta.name} on {data.name}")
+    for column in ("method", "task", "es", "acc", "rep", "n"):
+        table.add_column(column, justify="right")
+    for method, tasks in report.items():
+        for task_name, metrics in tasks.items():
+            es = f"{metrics['es']:.2f}" if "es" in metrics else "-"
+            table.add_row(method, task_name, es, f"{metrics['acc']:.2f}", f"{metrics['rep']:.2f}", str(metrics["n"]))
+    console.print(table)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+
+
 if __name__ == "__main__":
     app()

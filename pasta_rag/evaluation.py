@@ -1,0 +1,223 @@
+"""Evaluation: task files, prompts, metrics and the runner behind ``pasta-rag eval``.
+
+The harness owns the prompt, so that methods differ only in how the emphasized
+text is treated: ``none`` (plain model), ``marked`` (the paper's baseline: the
+text wrapped in asterisks, no steering) and ``pasta`` (steered toward it).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .emphasis import emphasize
+from .engine import PastaModel
+from .errors import PastaError
+
+METHODS = ("none", "marked", "pasta")
+TASKS = ("knowledge_conflict", "instruction")
+CHECK_KINDS = ("json_keys", "absent_words", "contains")
+NEW_TOKENS = {"knowledge_conflict": 24, "instruction": 96}
+
+
+@dataclass(frozen=True)
+class Example:
+    id: str
+    task: str
+    context: str
+    question: str
+    target_new: str | None = None
+    target_true: str | None = None
+    system: str | None = None
+    instruction: str | None = None
+    check: dict[str, Any] | None = None
+    emphasis: list[str] | None = None
+
+    @property
+    def emphasized(self) -> list[str]:
+        """What the task emphasizes: the given substrings, else the context (conflicts) or the instruction."""
+        if self.emphasis:
+            return list(self.emphasis)
+        return [self.context if self.task == "knowledge_conflict" else self.instruction or ""]
+
+
+@dataclass(frozen=True)
+class Problem:
+    line: int
+    message: str
+
+
+def parse_example(data: Any) -> Example:
+    """One task record, checked; the error says which field is wrong."""
+    if not isinstance(data, dict):
+        raise PastaError("a line must hold a JSON object")
+    task = data.get("task")
+    if task not in TASKS:
+        raise PastaError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    required = ["id", "context", "question"]
+    required += ["target_new", "target_true"] if task == "knowledge_conflict" else ["instruction", "check"]
+    missing = [name for name in required if data.get(name) in (None, "")]
+    if missing:
+        raise PastaError(f"{task} example lacks {', '.join(missing)}")
+    fields = {name: data.get(name) for name in Example.__dataclass_fields__}
+    fields["id"] = str(fields["id"])
+    if task == "instruction":
+        check = data["check"]
+        if not isinstance(check, dict) or check.get("kind") not in CHECK_KINDS:
+            raise PastaError(f"check.kind must be one of {', '.join(CHECK_KINDS)}")
+    emphasis = data.get("emphasis")
+    if emphasis is not None and not (isinstance(emphasis, list) and all(isinstance(e, str) and e for e in emphasis)):
+        raise PastaError("emphasis must be a list of non-empty strings")
+    example = Example(**fields)
+    container = example.context if task == "knowledge_conflict" else f"{example.instruction}\n{example.context}"
+    absent = [e for e in example.emphasized if e not in container]
+    if absent:
+        raise PastaError(f"emphasis {absent!r} does not occur in the example's text")
+    return example
+
+
+def read_examples(path: str | Path) -> tuple[list[Example], list[Problem]]:
+    """Every well-formed example of a JSON Lines file, and a problem (with its line number) for each other line."""
+    examples: list[Example] = []
+    problems: list[Problem] = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            examples.append(parse_example(json.loads(line)))
+        except json.JSONDecodeError as error:
+            problems.append(Problem(number, f"not valid JSON ({error.msg})"))
+        except (PastaError, TypeError) as error:
+            problems.append(Problem(number, str(error)))
+    return examples, problems
+
+
+# --- metrics --------------------------------------------------------------------------------
+
+
+def loops(answer: str) -> bool:
+    """A degenerate answer: some word 4-gram occurs three or more times."""
+    words = re.findall(r"\w+", answer.lower())
+    grams = Counter(tuple(words[i : i + 4]) for i in range(len(words) - 3))
+    return bool(grams) and max(grams.values()) >= 3
+
+
+def follows_context(answer: str, target_new: str, target_true: str) -> bool:
+    """The answer names the context's fact and not the remembered one (case-insensitive)."""
+    text = answer.lower()
+    return target_new.lower() in text and target_true.lower() not in text
+
+
+def obeys(answer: str, check: dict[str, Any]) -> bool:
+    kind = check["kind"]
+    if kind == "json_keys":
+        found = first_json_object(answer)
+        return found is not None and all(key in found for key in check.get("keys", []))
+    if kind == "absent_words":
+        return not any(re.search(rf"\b{re.escape(word)}\b", answer, re.IGNORECASE) for word in check.get("words", []))
+    if kind == "contains":
+        return check.get("text", "") in answer
+    raise PastaError(f"unknown check kind {kind!r}")
+
+
+def first_json_object(text: str) -> dict | None:
+    """The first parseable JSON object in ``text`` (answers often wrap it in prose or code fences)."""
+    decoder = json.JSONDecoder()
+    for match in re.finditer(r"\{", text):
+        try:
+            value, _ = decoder.raw_decode(text, match.start())
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
+
+
+# --- prompts --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prompted:
+    messages: list[dict[str, str]]
+    steer: bool
+
+
+def prompt_for(example: Example, method: str) -> Prompted:
+    """The chat messages of ``example`` under ``method``: one user message, context then question."""
+    if method not in METHODS:
+        raise PastaError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    mark: Callable[[str], str] = {"none": lambda s: s, "marked": lambda s: f"*{s}*", "pasta": emphasize}[method]
+
+    def marked(text: str) -> str:
+        for target in example.emphasized:
+            text = text.replace(target, mark(target))
+        return text
+
+    if example.task == "knowledge_conflict":
+        content = f"Context: {marked(example.context)}\nQuestion: {example.question}"
+    else:
+        content = f"{marked(example.instruction)}\n\nContext: {marked(example.context)}\nQuestion: {example.question}"
+    messages = [{"role": "system", "content": example.system}] if example.system else []
+    return Prompted([*messages, {"role": "user", "content": content}], steer=method == "pasta")
+
+
+# --- the runner -----------------------------------------------------------------------------
+
+
+@dataclass
+class TaskScore:
+    n: int = 0
+    es_hits: int = 0
+    acc_hits: int = 0
+    rep_hits: int = 0
+    answers: list[str] = field(default_factory=list)
+
+    def metrics(self, task: str) -> dict[str, float | int]:
+        result: dict[str, float | int] = {"acc": self.acc_hits / self.n, "rep": self.rep_hits / self.n, "n": self.n}
+        if task == "knowledge_conflict":
+            result = {"es": self.es_hits / self.n, **result}
+        return result
+
+
+def evaluate(
+    model: PastaModel,
+    examples: Sequence[Example],
+    methods: Iterable[str] = METHODS,
+    batch_size: int = 8,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, dict[str, dict[str, float | int]]]:
+    """``{method: {task: {"es", "acc", "rep", "n"}}}`` over ``examples`` (es for knowledge conflicts only)."""
+    report: dict[str, dict[str, dict[str, float | int]]] = {}
+    for method in methods:
+        scores: dict[str, TaskScore] = {}
+        for task in TASKS:
+            batch = [e for e in examples if e.task == task]
+            for start in range(0, len(batch), batch_size):
+                chunk = batch[start : start + batch_size]
+                _score_chunk(model, chunk, method, scores.setdefault(task, TaskScore()))
+                if progress:
+                    progress(len(chunk))
+        report[method] = {task: score.metrics(task) for task, score in scores.items()}
+    return report
+
+
+def _score_chunk(model: PastaModel, chunk: Sequence[Example], method: str, score: TaskScore) -> None:
+    prompts = [prompt_for(example, method) for example in chunk]
+    steer = prompts[0].steer
+    answers = model.generate_batch([p.messages for p in prompts], steer=steer, max_new_tokens=NEW_TOKENS[chunk[0].task])
+    for example, prompted, generation in zip(chunk, prompts, answers):
+        score.n += 1
+        score.answers.append(generation.text)
+        score.rep_hits += loops(generation.text)
+        if example.task == "knowledge_conflict":
+            score.acc_hits += follows_context(generation.text, example.target_new, example.target_true)
+            new = model.score(prompted.messages, example.target_new, steer=steer)
+            true = model.score(prompted.messages, example.target_true, steer=steer)
+            score.es_hits += new > true
+        else:
+            score.acc_hits += obeys(generation.text, example.check)

@@ -1,0 +1,133 @@
+"""The evaluation harness: metrics on hand-built answers, task-file parsing, prompts, the runner."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from tiny import char_tokenizer, tiny_model
+from typer.testing import CliRunner
+
+from pasta_rag import Generation, PastaModel, parse_marked
+from pasta_rag.cli import app
+from pasta_rag.evaluation import (
+    evaluate,
+    first_json_object,
+    follows_context,
+    loops,
+    obeys,
+    parse_example,
+    prompt_for,
+    read_examples,
+)
+
+CONFLICT = {"id": 1, "task": "knowledge_conflict", "context": "The Eiffel Tower is in Rome.",
+            "question": "Where is the Eiffel Tower?", "target_new": "Rome", "target_true": "Paris"}
+INSTRUCTION = {"id": "j", "task": "instruction", "instruction": "Answer in JSON with keys city and country.",
+               "context": "Rome is in Italy.", "question": "Which city?", "check": {"kind": "json_keys", "keys": ["city"]}}
+
+
+def test_loops_needs_a_word_4gram_three_times():
+    assert loops("a list of a list of a list of a list")
+    assert not loops("a list of a list of things")
+
+
+def test_follows_context_is_case_insensitive_and_excludes_the_true_answer():
+    assert follows_context("It is in ROME.", "Rome", "Paris")
+    assert not follows_context("Rome, not Paris.", "Rome", "Paris")
+    assert not follows_context("Paris.", "Rome", "Paris")
+
+
+@pytest.mark.parametrize(
+    ("answer", "check", "expected"),
+    [
+        ('Sure: ```{"city": "Rome", "country": "Italy"}```', {"kind": "json_keys", "keys": ["city", "country"]}, True),
+        ('{"city": "Rome"}', {"kind": "json_keys", "keys": ["city", "country"]}, False),
+        ("{not json} then {\"city\": 1}", {"kind": "json_keys", "keys": ["city"]}, True),
+        ("She went home.", {"kind": "absent_words", "words": ["she", "he"]}, False),
+        ("They went home; shepherds too.", {"kind": "absent_words", "words": ["she", "he"]}, True),
+        ("Answer: 42.", {"kind": "contains", "text": "Answer:"}, True),
+    ],
+)
+def test_instruction_checks(answer, check, expected):
+    assert obeys(answer, check) is expected
+
+
+def test_first_json_object_skips_non_objects():
+    assert first_json_object('[1, 2] {"a": 1}') == {"a": 1}
+    assert first_json_object("no json here") is None
+
+
+def test_malformed_lines_are_reported_with_their_numbers(tmp_path):
+    lines = [json.dumps(CONFLICT), "{broken", json.dumps({**CONFLICT, "task": "other"}),
+             json.dumps({**CONFLICT, "target_new": ""}), "", json.dumps(INSTRUCTION),
+             json.dumps({**CONFLICT, "emphasis": ["Berlin"]})]
+    path = tmp_path / "tasks.jsonl"
+    path.write_text("\n".join(lines))
+    examples, problems = read_examples(path)
+    assert [e.id for e in examples] == ["1", "j"]
+    assert [(p.line, p.message.split(" ")[0]) for p in problems] == [(2, "not"), (3, "task"), (4, "knowledge_conflict"), (7, "emphasis")]
+    assert "lacks target_new" in problems[2].message
+
+
+def test_prompts_differ_only_in_how_the_emphasized_text_is_treated():
+    example = parse_example(CONFLICT)
+    none, marked, pasta = (prompt_for(example, m) for m in ("none", "marked", "pasta"))
+    assert none.messages[0]["content"] == "Context: The Eiffel Tower is in Rome.\nQuestion: Where is the Eiffel Tower?"
+    assert "*The Eiffel Tower is in Rome.*" in marked.messages[0]["content"] and not marked.steer
+    text, spans = parse_marked(pasta.messages[0]["content"])
+    assert text == none.messages[0]["content"] and pasta.steer
+    assert [text[s:e] for s, e in spans] == ["The Eiffel Tower is in Rome."]
+    instruction = prompt_for(parse_example({**INSTRUCTION, "system": "Be brief."}), "pasta")
+    assert instruction.messages[0] == {"role": "system", "content": "Be brief."}
+    _, spans = parse_marked(instruction.messages[1]["content"])
+    assert len(spans) == 1
+
+
+class ScriptedModel:
+    """Answers and scores fixed in advance, to check the runner's arithmetic."""
+
+    def __init__(self, answers: dict[str, str], scores: dict[str, float]):
+        self.answers, self.scores = answers, scores
+        self.steer_seen: list[bool] = []
+
+    def generate_batch(self, prompts, steer, max_new_tokens):
+        self.steer_seen.append(steer)
+        return [Generation(self.answers[p[-1]["content"].split("Question: ")[1]], 1, 1, "stop", steer) for p in prompts]
+
+    def score(self, messages, continuation, steer):
+        return self.scores[continuation]
+
+
+def test_runner_counts_es_acc_rep_per_method_and_task():
+    examples = [parse_example(CONFLICT), parse_example({**CONFLICT, "id": 2, "question": "Q2?"}), parse_example(INSTRUCTION)]
+    model = ScriptedModel(
+        {"Where is the Eiffel Tower?": "Rome.", "Q2?": "Paris is a list of a list of a list of a list", "Which city?": '{"city": "Rome"}'},
+        {"Rome": -1.0, "Paris": -2.0},
+    )
+    report = evaluate(model, examples, ["none", "pasta"])
+    assert report["none"]["knowledge_conflict"] == {"es": 1.0, "acc": 0.5, "rep": 0.5, "n": 2}
+    assert report["none"]["instruction"] == {"acc": 1.0, "rep": 0.0, "n": 1}
+    assert model.steer_seen == [False, False, True, True]
+
+
+def test_eval_command_on_a_tiny_model(tmp_path):
+    folder = tmp_path / "tiny"
+    tiny_model("llama").save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    (folder / "heads.json").write_text("[1]")
+    data = tmp_path / "tasks.jsonl"
+    data.write_text(json.dumps(CONFLICT) + "\n{oops\n")
+    out = tmp_path / "results.json"
+    result = CliRunner().invoke(app, ["eval", "--data", str(data), "--model", str(folder), "--heads",
+                                      str(folder / "heads.json"), "--methods", "none,pasta", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "skipped line 2" in result.output
+    report = json.loads(out.read_text())
+    assert set(report) == {"none", "pasta"} and report["pasta"]["knowledge_conflict"]["n"] == 1
+
+
+def test_a_real_engine_runs_the_harness():
+    model = PastaModel(tiny_model("llama"), char_tokenizer(), heads=[1])
+    report = evaluate(model, [parse_example(CONFLICT)], ["marked"])
+    assert set(report["marked"]["knowledge_conflict"]) == {"es", "acc", "rep", "n"}
