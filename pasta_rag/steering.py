@@ -129,10 +129,6 @@ def steering(state: SteeringState | None) -> Iterator[None]:
         _current_state.reset(token)
 
 
-def current_state() -> SteeringState | None:
-    return _current_state.get()
-
-
 # --- the attention functions ----------------------------------------------------------
 
 
