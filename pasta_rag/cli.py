@@ -122,7 +122,7 @@ def evaluate_command(
     model: ModelOption = "default",
     heads: Annotated[str | None, typer.Option(help="Head set JSON file; default: the model's shipped set.")] = None,
     alpha: Annotated[float | None, typer.Option(help="Alpha for pasta; default: the head set's own, else 0.01.")] = None,
-    methods: Annotated[str, typer.Option(help="Comma-separated: none, marked, pasta.")] = "none,marked,pasta",
+    methods: Annotated[str, typer.Option(help="Comma-separated: none, marked, pasta, cad.")] = "none,marked,pasta,cad",
     out: Annotated[Path | None, typer.Option(help="Write the results as JSON here.")] = None,
 ) -> None:
     """Score methods on a task file: es / acc / rep per task kind (malformed lines are reported and skipped)."""

@@ -2,7 +2,8 @@
 
 The harness owns the prompt, so that methods differ only in how the emphasized
 text is treated: ``none`` (plain model), ``marked`` (the paper's baseline: the
-text wrapped in asterisks, no steering) and ``pasta`` (steered toward it).
+text wrapped in asterisks, no steering), ``pasta`` (steered toward it) and
+``cad`` (context-aware decoding: contrasted with the prompt without it).
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .cad import generate_cad, score_cad
 from .emphasis import emphasize
 from .engine import PastaModel
 from .errors import PastaError
 
-METHODS = ("none", "marked", "pasta")
+METHODS = ("none", "marked", "pasta", "cad")
 TASKS = ("knowledge_conflict", "instruction")
 CHECK_KINDS = ("json_keys", "absent_words", "contains")
 NEW_TOKENS = {"knowledge_conflict": 24, "instruction": 96}
@@ -147,11 +149,22 @@ class Prompted:
     steer: bool
 
 
+def prompt_without_emphasis(example: Example) -> list[dict[str, str]]:
+    """CAD's contrast: the same prompt with the emphasized text left out."""
+    messages = prompt_for(example, "none").messages
+    content = messages[-1]["content"]
+    for target in example.emphasized:
+        content = content.replace(target, "")
+    return [*messages[:-1], {"role": "user", "content": content}]
+
+
 def prompt_for(example: Example, method: str) -> Prompted:
     """The chat messages of ``example`` under ``method``: one user message, context then question."""
     if method not in METHODS:
         raise PastaError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    mark: Callable[[str], str] = {"none": lambda s: s, "marked": lambda s: f"*{s}*", "pasta": emphasize}[method]
+    mark: Callable[[str], str] = {
+        "none": lambda s: s, "cad": lambda s: s, "marked": lambda s: f"*{s}*", "pasta": emphasize
+    }[method]
 
     def marked(text: str) -> str:
         for target in example.emphasized:
@@ -209,15 +222,25 @@ def evaluate(
 def _score_chunk(model: PastaModel, chunk: Sequence[Example], method: str, score: TaskScore) -> None:
     prompts = [prompt_for(example, method) for example in chunk]
     steer = prompts[0].steer
-    answers = model.generate_batch([p.messages for p in prompts], steer=steer, max_new_tokens=NEW_TOKENS[chunk[0].task])
+    new_tokens = NEW_TOKENS[chunk[0].task]
+    if method == "cad":
+        plain = [prompt_without_emphasis(example) for example in chunk]
+        answers = generate_cad(model, [p.messages for p in prompts], plain, max_new_tokens=new_tokens)
+    else:
+        answers = model.generate_batch([p.messages for p in prompts], steer=steer, max_new_tokens=new_tokens)
     for example, prompted, generation in zip(chunk, prompts, answers):
         score.n += 1
         score.answers.append(generation.text)
         score.rep_hits += loops(generation.text)
         if example.task == "knowledge_conflict":
             score.acc_hits += follows_context(generation.text, example.target_new, example.target_true)
-            new = model.score(prompted.messages, example.target_new, steer=steer)
-            true = model.score(prompted.messages, example.target_true, steer=steer)
+            if method == "cad":
+                without = prompt_without_emphasis(example)
+                new = score_cad(model, prompted.messages, without, example.target_new)
+                true = score_cad(model, prompted.messages, without, example.target_true)
+            else:
+                new = model.score(prompted.messages, example.target_new, steer=steer)
+                true = model.score(prompted.messages, example.target_true, steer=steer)
             score.es_hits += new > true
         else:
             score.acc_hits += obeys(generation.text, example.check)

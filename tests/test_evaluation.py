@@ -70,6 +70,14 @@ def test_malformed_lines_are_reported_with_their_numbers(tmp_path):
     assert "lacks target_new" in problems[2].message
 
 
+def test_cad_contrasts_with_the_prompt_without_the_emphasized_text():
+    from pasta_rag.evaluation import prompt_without_emphasis
+
+    assert prompt_without_emphasis(parse_example(CONFLICT))[0]["content"] == "Context: \nQuestion: Where is the Eiffel Tower?"
+    instruction = prompt_without_emphasis(parse_example(INSTRUCTION))[0]["content"]
+    assert "JSON" not in instruction and "Rome is in Italy." in instruction
+
+
 def test_prompts_differ_only_in_how_the_emphasized_text_is_treated():
     example = parse_example(CONFLICT)
     none, marked, pasta = (prompt_for(example, m) for m in ("none", "marked", "pasta"))
@@ -129,5 +137,6 @@ def test_eval_command_on_a_tiny_model(tmp_path):
 
 def test_a_real_engine_runs_the_harness():
     model = PastaModel(tiny_model("llama"), char_tokenizer(), heads=[1])
-    report = evaluate(model, [parse_example(CONFLICT)], ["marked"])
-    assert set(report["marked"]["knowledge_conflict"]) == {"es", "acc", "rep", "n"}
+    report = evaluate(model, [parse_example(CONFLICT), parse_example(INSTRUCTION)], ["marked", "cad"])
+    assert set(report["cad"]["knowledge_conflict"]) == {"es", "acc", "rep", "n"}
+    assert report["cad"]["instruction"]["n"] == 1 and report["marked"]["instruction"]["n"] == 1
