@@ -61,14 +61,10 @@ def generate_cad(
                                       plain.batch.attention_mask.to(model.device), call.batch.prompt_len, weight)
     with torch.no_grad():
         output = model.model.generate(
-            input_ids=call.batch.input_ids.to(model.device),
-            attention_mask=call.batch.attention_mask.to(model.device),
-            generation_config=call.config,
-            logits_processor=LogitsProcessorList([contrast]),
+            **call.generate_inputs(model.device), logits_processor=LogitsProcessorList([contrast])
         )
     generated = output[:, call.batch.prompt_len :].cpu()
-    return [model._finish(row, int(call.batch.attention_mask[i].sum()), settings, False)
-            for i, row in enumerate(generated)]
+    return [model._finish(row, call.prompt_tokens(i), settings, False) for i, row in enumerate(generated)]
 
 
 def score_cad(model: PastaModel, prompt: Prompt, plain_prompt: Prompt, continuation: str,

@@ -213,15 +213,11 @@ class PastaModel:
         stopper = StopOnText(self.tokenizer, call.batch.prompt_len, settings.stop)
         with torch.no_grad(), steering(call.state):
             output = self.model.generate(
-                input_ids=call.batch.input_ids.to(self.device),
-                attention_mask=call.batch.attention_mask.to(self.device),
-                generation_config=call.config,
-                stopping_criteria=StoppingCriteriaList([stopper]),
+                **call.generate_inputs(self.device), stopping_criteria=StoppingCriteriaList([stopper])
             )
         generated = output[:, call.batch.prompt_len :].cpu()
         return [
-            self._finish(row, int(call.batch.attention_mask[i].sum()), settings, call.state_rows[i])
-            for i, row in enumerate(generated)
+            self._finish(row, call.prompt_tokens(i), settings, call.state_rows[i]) for i, row in enumerate(generated)
         ]
 
     def stream(
@@ -266,9 +262,7 @@ class PastaModel:
                     torch.manual_seed(settings.seed)
                 with torch.no_grad(), steering(call.state):
                     self.model.generate(
-                        input_ids=call.batch.input_ids.to(self.device),
-                        attention_mask=call.batch.attention_mask.to(self.device),
-                        generation_config=call.config,
+                        **call.generate_inputs(self.device),
                         stopping_criteria=StoppingCriteriaList([stopper]),
                         streamer=_QueueStreamer(tokens),
                     )
@@ -296,9 +290,9 @@ class PastaModel:
             text, _ = self._answer_text(generated, settings.stop)
             if len(text) > shown:
                 yield text[shown:]
-            prompt_tokens = int(call.batch.attention_mask[0].sum())
-            sink.generation = self._finish(torch.tensor(generated, dtype=torch.long), prompt_tokens, settings,
-                                           call.state_rows[0])
+            sink.generation = self._finish(
+                torch.tensor(generated, dtype=torch.long), call.prompt_tokens(0), settings, call.state_rows[0]
+            )
         finally:
             cancel.set()
             worker.join()
@@ -446,6 +440,17 @@ class _Call:
     state: SteeringState | None
     config: GenerationConfig
     state_rows: list[bool]
+
+    def generate_inputs(self, device: torch.device) -> dict[str, Any]:
+        """The arguments every ``model.generate`` call of this prompt batch shares."""
+        return {
+            "input_ids": self.batch.input_ids.to(device),
+            "attention_mask": self.batch.attention_mask.to(device),
+            "generation_config": self.config,
+        }
+
+    def prompt_tokens(self, row: int) -> int:
+        return int(self.batch.attention_mask[row].sum())
 
 
 class _QueueStreamer(BaseStreamer):
