@@ -159,5 +159,84 @@ def evaluate_command(
         out.write_text(json.dumps(report, indent=2) + "\n")
 
 
+def _read_sets(paths: list[Path], what: str) -> dict[str, list]:
+    """One task per file, named by the file's stem; malformed lines are reported and skipped."""
+    from .evaluation import read_examples
+
+    sets = {}
+    for path in paths:
+        examples, problems = read_examples(path)
+        for problem in problems:
+            errors.print(f"[yellow]{path.name}: skipped line {problem.line}:[/yellow] {problem.message}")
+        if not examples:
+            errors.print(f"[red]error:[/red] {what} file {path} holds no usable example.")
+            raise typer.Exit(2)
+        name = path.stem if path.stem not in sets else str(path)
+        sets[name] = examples
+    return sets
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+@app.command()
+def profile(
+    train: Annotated[
+        list[Path],
+        typer.Option(exists=True, dir_okay=False, help="A task's training set (JSON Lines); repeat for each task."),
+    ],
+    dev: Annotated[
+        list[Path],
+        typer.Option(exists=True, dir_okay=False, help="A dev set for choosing k and alpha; repeatable."),
+    ],
+    out: Annotated[Path, typer.Option(help="Where to write the head set JSON.")],
+    model: ModelOption = "default",
+    alpha: Annotated[float, typer.Option(help="Alpha while scoring single heads (the paper's 0.01).")] = 0.01,
+    ks: Annotated[str | None, typer.Option(help="Top-k sizes to try, comma-separated (default: 6-36% of heads).")] = None,
+    alphas: Annotated[str, typer.Option(help="Alphas to try on dev, comma-separated.")] = "0.01,0.1",
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Progress file; a rerun resumes from it. Default: OUT with .partial.json.")
+    ] = None,
+) -> None:
+    """Find the heads to steer: score each head alone on every task, intersect the per-task top-k, pick k on dev."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from .engine import PastaModel
+    from .profiling import Checkpoint, choose_heads, default_ks, profile_cost, profile_tasks, profiled_head_set
+
+    tasks, dev_sets = _read_sets(train, "training"), _read_sets(dev, "dev")
+    checkpoint_path = checkpoint or out.with_name(out.stem + ".partial.json")
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    try:
+        pasta = PastaModel.from_pretrained(model)
+        progress_file = Checkpoint.open(checkpoint_path, pasta.name, alpha)
+        sizes = default_ks(pasta.num_layers, pasta.num_heads) if ks is None else [int(k) for k in _floats(ks)]
+        with Progress(*columns, console=errors) as progress:
+            scoring = progress.add_task(f"scoring {pasta.num_layers * pasta.num_heads} heads x {len(tasks)} tasks",
+                                        total=profile_cost(pasta.num_layers) * len(tasks))
+            task_scores = profile_tasks(pasta, tasks, alpha, progress_file, lambda n: progress.advance(scoring, n))
+            dev_total = sum(len(e) for e in dev_sets.values()) * len(sizes) * len(_floats(alphas))
+            choosing = progress.add_task("choosing k and alpha on dev", total=dev_total)
+            ranked = choose_heads(pasta, task_scores, dev_sets, sizes, _floats(alphas), progress_file,
+                                  lambda n: progress.advance(choosing, n))
+            progress.update(choosing, completed=dev_total)
+    except PastaError as error:
+        errors.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    head_set = profiled_head_set(pasta.name, task_scores, {n: len(e) for n, e in tasks.items()}, alpha, ranked)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    head_set.save(out)
+    table = Table(title=f"{pasta.name}: candidates on dev (best first)")
+    for column in ("k", "alpha", "heads", "mean acc - rep", *dev_sets):
+        table.add_column(column, justify="right")
+    for c in ranked:
+        cells = [f"{c.dev[name]['acc']:.2f}/{c.dev[name]['rep']:.2f}" for name in dev_sets]
+        table.add_row(str(c.k), str(c.alpha), str(len(c.heads)), f"{c.objective:.3f}", *cells)
+    console.print(table)
+    console.print(f"wrote {len(head_set)} heads (k={ranked[0].k}, alpha={ranked[0].alpha}) to {out}")
+
+
 if __name__ == "__main__":
     app()

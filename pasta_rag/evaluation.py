@@ -39,6 +39,9 @@ class Example:
     instruction: str | None = None
     check: dict[str, Any] | None = None
     emphasis: list[str] | None = None
+    answer: str | None = None
+    """Instruction examples may give an answer that obeys and one that violates: the profiler contrasts them."""
+    violation: str | None = None
 
     @property
     def emphasized(self) -> list[str]:
@@ -188,11 +191,12 @@ class TaskScore:
     es_hits: int = 0
     acc_hits: int = 0
     rep_hits: int = 0
+    scored_es: bool = True
     answers: list[str] = field(default_factory=list)
 
     def metrics(self, task: str) -> dict[str, float | int]:
         result: dict[str, float | int] = {"acc": self.acc_hits / self.n, "rep": self.rep_hits / self.n, "n": self.n}
-        if task == "knowledge_conflict":
+        if task == "knowledge_conflict" and self.scored_es:
             result = {"es": self.es_hits / self.n, **result}
         return result
 
@@ -203,8 +207,12 @@ def evaluate(
     methods: Iterable[str] = METHODS,
     batch_size: int = 8,
     progress: Callable[[int], None] | None = None,
+    es: bool = True,
 ) -> dict[str, dict[str, dict[str, float | int]]]:
-    """``{method: {task: {"es", "acc", "rep", "n"}}}`` over ``examples`` (es for knowledge conflicts only)."""
+    """``{method: {task: {"es", "acc", "rep", "n"}}}`` over ``examples`` (es for knowledge conflicts only).
+
+    ``es=False`` skips the efficacy score (two extra forwards per conflict), as choosing heads on dev does.
+    """
     report: dict[str, dict[str, dict[str, float | int]]] = {}
     for method in methods:
         scores: dict[str, TaskScore] = {}
@@ -212,14 +220,14 @@ def evaluate(
             batch = [e for e in examples if e.task == task]
             for start in range(0, len(batch), batch_size):
                 chunk = batch[start : start + batch_size]
-                _score_chunk(model, chunk, method, scores.setdefault(task, TaskScore()))
+                _score_chunk(model, chunk, method, scores.setdefault(task, TaskScore(scored_es=es)), es)
                 if progress:
                     progress(len(chunk))
         report[method] = {task: score.metrics(task) for task, score in scores.items()}
     return report
 
 
-def _score_chunk(model: PastaModel, chunk: Sequence[Example], method: str, score: TaskScore) -> None:
+def _score_chunk(model: PastaModel, chunk: Sequence[Example], method: str, score: TaskScore, es: bool) -> None:
     prompts = [prompt_for(example, method) for example in chunk]
     steer = prompts[0].steer
     new_tokens = NEW_TOKENS[chunk[0].task]
@@ -234,6 +242,8 @@ def _score_chunk(model: PastaModel, chunk: Sequence[Example], method: str, score
         score.rep_hits += loops(generation.text)
         if example.task == "knowledge_conflict":
             score.acc_hits += follows_context(generation.text, example.target_new, example.target_true)
+            if not es:
+                continue
             if method == "cad":
                 without = prompt_without_emphasis(example)
                 new = score_cad(model, prompted.messages, without, example.target_new)

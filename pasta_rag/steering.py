@@ -3,7 +3,7 @@
 PASTA adds ``log(alpha)`` to the pre-softmax score of every prompt key that is
 NOT emphasized, in the steered heads only. The bias depends on (row, head, key)
 and never on the query, so it is kept as a per-key vector (batch, keys) and a
-per-head switch (heads,), never as a (batch, heads, queries, keys) tensor:
+per-head switch (1 or batch, heads), never as a (batch, heads, queries, keys) tensor:
 
 * prefill (many queries): one extra q/k channel carries it. The query gets
   ``c_h`` (1 in steered heads, 0 elsewhere), the key gets ``b_k / scaling``, so
@@ -70,13 +70,16 @@ class SteeringState:
         return math.log(self.alpha)
 
     def head_switch(self, layer: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
-        """(heads,) with 1 for the steered heads of ``layer``; None when the layer is not steered."""
+        """(1, heads) with 1 for the steered heads of ``layer``; None when the layer is not steered.
+
+        A subclass may return (batch, heads) to steer different heads in different rows (the profiler does).
+        """
         heads = self.heads.heads.get(layer)
         if not heads:
             return None
         if layer not in self._head_switch:
-            switch = torch.zeros(self.num_heads, dtype=dtype, device=device)
-            switch[sorted(heads)] = 1
+            switch = torch.zeros(1, self.num_heads, dtype=dtype, device=device)
+            switch[0, sorted(heads)] = 1
             self._head_switch[layer] = switch
         return self._head_switch[layer]
 
@@ -162,11 +165,11 @@ def _steer_through_mask(
     key: torch.Tensor,  # (batch, kv_heads, keys, dim)
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
-    switch: torch.Tensor,  # (heads,)
+    switch: torch.Tensor,  # (batch or 1, heads)
     key_bias: torch.Tensor,  # (batch, keys)
     **kwargs,
 ):
-    bias = switch[None, :, None, None] * key_bias[:, None, None, :]  # (batch, heads, 1, keys)
+    bias = switch[:, :, None, None] * key_bias[:, None, None, :]  # (batch, heads, 1, keys)
     return attend(module, query, key, value, _with_bias_in_mask(attention_mask, bias, query.dtype), **kwargs)
 
 
@@ -177,7 +180,7 @@ def _steer_through_channel(
     key: torch.Tensor,  # (batch, kv_heads, keys, dim)
     value: torch.Tensor,  # (batch, kv_heads, keys, dim_v)
     attention_mask: torch.Tensor | None,
-    switch: torch.Tensor,  # (heads,)
+    switch: torch.Tensor,  # (batch or 1, heads)
     key_bias: torch.Tensor,  # (batch, keys)
     scaling: float | None = None,
     **kwargs,
@@ -191,7 +194,7 @@ def _steer_through_channel(
     kv_heads, keys = key.shape[1], key.shape[2]
 
     query_extra = query.new_zeros(batch, heads, q_len, pad)
-    query_extra[..., 0] = switch[None, :, None]
+    query_extra[..., 0] = switch[:, :, None]
     key_extra = key.new_zeros(batch, kv_heads, keys, pad)
     key_extra[..., 0] = (key_bias / scaling)[:, None, :]
     value_extra = value.new_zeros(*value.shape[:-1], pad + dim - value.shape[-1])
@@ -223,8 +226,8 @@ def _make_steered_attention(base: str, dense: bool = False) -> Callable:
         switch = None if state is None or layer is None else state.head_switch(layer, query.device, query.dtype)
         if switch is None:
             return attend(module, query, key, value, attention_mask, **kwargs)
-        if switch.shape[0] != query.shape[1]:
-            raise SteeringError(f"The head set was built for {switch.shape[0]} heads; layer {layer} has {query.shape[1]}.")
+        if switch.shape[-1] != query.shape[1]:
+            raise SteeringError(f"The head set was built for {switch.shape[-1]} heads; layer {layer} has {query.shape[1]}.")
         key_bias = state.key_bias(key.shape[2], query.shape[0], query.device, query.dtype)
         soft_capped = kwargs.get("softcap") is not None
         if dense or soft_capped or query.shape[2] == 1:
