@@ -1,0 +1,136 @@
+"""The task sets under benchmarks/data/{train,dev,test}: reproducible from the packaged facts, and well formed."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("countryinfo")
+pytest.importorskip("pycountry")
+pytest.importorskip("faker")
+
+from pasta_rag.evaluation import obeys, parse_example  # noqa: E402
+
+ROOT = Path(__file__).parents[1]
+DATA = ROOT / "benchmarks" / "data"
+SPLITS = ("train", "dev", "test")
+CONFLICT_SETS = ("conflicts", "conflicts_long", "control")
+
+
+def load_generator():
+    spec = importlib.util.spec_from_file_location("make_datasets", ROOT / "benchmarks" / "make_datasets.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def generator():
+    return load_generator()
+
+
+@pytest.fixture(scope="module")
+def generated(generator, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data")
+    generator.main(["--out", str(out)])
+    return out
+
+
+def records(folder: Path, split: str, name: str) -> list[dict]:
+    return [json.loads(line) for line in (folder / split / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+@cache
+def countries_by_called(generator) -> dict:
+    return {country.called: country for country in generator.load_countries()[0]}
+
+
+def subject(generator, question: str):
+    """The country and relation a question asks about."""
+    by_called = countries_by_called(generator)
+    for relation, template in generator.QUESTIONS.items():
+        match = re.fullmatch(re.escape(template).replace(re.escape("{country}"), "(.+)"), question)
+        if match:
+            return by_called[match.group(1)], relation
+    raise AssertionError(f"unknown question {question!r}")
+
+
+def test_committed_files_are_what_the_generator_writes(generated):
+    for split in SPLITS:
+        committed = sorted(path.name for path in (DATA / split).iterdir())
+        assert committed == sorted(path.name for path in (generated / split).iterdir()), split
+        for name in committed:
+            assert (DATA / split / name).read_bytes() == (generated / split / name).read_bytes(), f"{split}/{name}"
+
+
+def test_every_record_parses_with_the_sizes_asked_for(generator, generated):
+    for split, sizes in generator.SIZES.items():
+        for name, size in sizes.items():
+            rows = records(generated, split, name)
+            assert len(rows) == size, f"{split}/{name}"
+            assert len({row["id"] for row in rows}) == size
+            for row in rows:
+                parse_example(row)
+                assert row["id"].startswith(f"{name}-{split}-")
+
+
+def test_splits_ask_about_disjoint_countries(generator, generated):
+    asked = {}
+    for split, sizes in generator.SIZES.items():
+        asked[split] = {
+            subject(generator, row["question"])[0].name
+            for name in sizes if name != "pronouns" for row in records(generated, split, name)
+        }
+    for i, first in enumerate(SPLITS):
+        for second in SPLITS[i + 1 :]:
+            assert not asked[first] & asked[second], (first, second)
+
+
+def test_conflicts_state_the_context_value_and_hide_the_other(generator, generated):
+    for split, sizes in generator.SIZES.items():
+        for name in (n for n in sizes if n in CONFLICT_SETS):
+            for row in records(generated, split, name):
+                context, new, true = row["context"].lower(), row["target_new"], row["target_true"]
+                country, relation = subject(generator, row["question"])
+                assert new.lower() in context and true.lower() not in context, row["id"]
+                assert new.lower() not in true.lower() and true.lower() not in new.lower(), row["id"]
+                for target in (new, true):
+                    assert target.lower() not in row["question"].lower(), row["id"]
+                if name == "control":  # the context agrees with the facts; the wrong value is the one to avoid
+                    assert new == country.value(relation), row["id"]
+                else:
+                    assert true == country.value(relation), row["id"]
+                    assert new not in country.values(relation), row["id"]
+
+
+def test_long_conflicts_bury_the_passage_among_distractors(generator, generated):
+    for split, sizes in generator.SIZES.items():
+        if "conflicts_long" not in sizes:
+            continue
+        for row in records(generated, split, "conflicts_long"):
+            passages = row["context"].split("\n\n")
+            assert len(passages) >= 13, row["id"]
+            holding = [i for i, p in enumerate(passages) if row["target_new"].lower() in p.lower()]
+            assert len(holding) == 1 and len(passages) / 3 - 1 <= holding[0] <= 2 * len(passages) / 3, row["id"]
+
+
+def test_instruction_answers_obey_and_violations_do_not(generator, generated):
+    for split, sizes in generator.SIZES.items():
+        for name in ("json", "pronouns"):
+            for row in records(generated, split, name):
+                assert row["answer"].split()[0] != row["violation"].split()[0], row["id"]
+                assert obeys(row["answer"], row["check"]) and not obeys(row["violation"], row["check"]), row["id"]
+                if name == "json":
+                    country, relation = subject(generator, row["question"])
+                    assert json.loads(row["answer"]) == {"country": country.name, relation: country.value(relation)}
+                else:
+                    words = re.findall(r"\w+", row["context"].lower())
+                    assert sum(w in ("she", "he") for w in words) >= 2, row["id"]
+                    assert sum(w in ("her", "his") for w in words) >= 2, row["id"]
