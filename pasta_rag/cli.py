@@ -193,7 +193,7 @@ def profile(
     out: Annotated[Path, typer.Option(help="Where to write the head set JSON.")],
     model: ModelOption = "default",
     alpha: Annotated[float, typer.Option(help="Alpha while scoring single heads (the paper's 0.01).")] = 0.01,
-    ks: Annotated[str | None, typer.Option(help="Top-k sizes to try, comma-separated (default: 6-36% of heads).")] = None,
+    ks: Annotated[str | None, typer.Option(help="Top-k sizes to try, comma-separated (default: those keeping 4-24% of heads).")] = None,
     alphas: Annotated[str, typer.Option(help="Alphas to try on dev, comma-separated.")] = "0.01,0.1",
     checkpoint: Annotated[
         Path | None, typer.Option(help="Progress file; a rerun resumes from it. Default: OUT with .partial.json.")
@@ -212,11 +212,11 @@ def profile(
     try:
         pasta = PastaModel.from_pretrained(model)
         progress_file = Checkpoint.open(checkpoint_path, pasta.name, alpha)
-        sizes = default_ks(pasta.num_layers, pasta.num_heads) if ks is None else [int(k) for k in _floats(ks)]
         with Progress(*columns, console=errors) as progress:
             scoring = progress.add_task(f"scoring {pasta.num_layers * pasta.num_heads} heads x {len(tasks)} tasks",
                                         total=profile_cost(pasta.num_layers) * len(tasks))
             task_scores = profile_tasks(pasta, tasks, alpha, progress_file, lambda n: progress.advance(scoring, n))
+            sizes = default_ks(task_scores) if ks is None else [int(k) for k in _floats(ks)]
             dev_total = sum(len(e) for e in dev_sets.values()) * len(sizes) * len(_floats(alphas))
             choosing = progress.add_task("choosing k and alpha on dev", total=dev_total)
             ranked = choose_heads(pasta, task_scores, dev_sets, sizes, _floats(alphas), progress_file,

@@ -119,6 +119,7 @@ def test_long_conflicts_bury_the_passage_among_distractors(generator, generated)
             assert len(passages) >= 13, row["id"]
             holding = [i for i, p in enumerate(passages) if row["target_new"].lower() in p.lower()]
             assert len(holding) == 1 and len(passages) / 3 - 1 <= holding[0] <= 2 * len(passages) / 3, row["id"]
+            assert row["emphasis"] == [passages[holding[0]]], row["id"]  # the chain marks that passage
 
 
 def test_instruction_answers_obey_and_violations_do_not(generator, generated):

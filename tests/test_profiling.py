@@ -187,6 +187,9 @@ def test_choosing_on_dev_writes_a_head_set_the_model_accepts(tmp_path):
     # a second choice reads the dev results from the checkpoint instead of generating again
     again = choose_heads(model, scores, {"dev": examples(CONFLICTS[:2])}, [3, 6, 12], [0.01, 0.1], checkpoint)
     assert [c.dev for c in again] == [c.dev for c in ranked]
+    evaluated = len(checkpoint.data["dev"])
+    choose_heads(model, scores, {"dev": examples(CONFLICTS[1:])}, [3], [0.01], checkpoint)
+    assert len(checkpoint.data["dev"]) == evaluated + 1  # other dev data: evaluated afresh, not read back
 
 
 def test_profile_command_on_a_tiny_model(tmp_path):

@@ -1,0 +1,83 @@
+"""The README's quality table: none / marked / cad / pasta on every task set of a split.
+
+Each (set, method) result is written as soon as it is measured, so a killed run
+resumes where it stopped (delete the output file to start over).
+
+    python benchmarks/quality.py --model default --split test --out benchmarks/results/quality_smollm2_test.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+from rich.progress import Progress
+
+from pasta_rag import PastaModel
+from pasta_rag.evaluation import evaluate, read_examples
+
+SETS = ("conflicts", "conflicts_long", "control", "json", "pronouns")
+METHODS = ("none", "marked", "cad", "pasta")
+
+
+def markdown(report: dict) -> str:
+    lines = ["| set | method | es | acc | rep | n |", "|---|---|---|---|---|---|"]
+    for name, methods in report["sets"].items():
+        for method, tasks in methods.items():
+            for metrics in tasks.values():
+                es = f"{metrics['es']:.2f}" if "es" in metrics else "-"
+                lines.append(f"| {name} | {method} | {es} | {metrics['acc']:.2f} | {metrics['rep']:.2f} | {metrics['n']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--data", type=Path, default=Path(__file__).parent / "data")
+    parser.add_argument("--sets", default=",".join(SETS))
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--heads", default=None, help="head set file (default: the model's shipped set)")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+
+    model = PastaModel.from_pretrained(args.model, heads=args.heads)
+    report = json.loads(args.out.read_text()) if args.out.exists() else {}
+    report.update({
+        "model": model.name,
+        "heads": len(model.heads) if model.heads else 0,
+        "alpha": model.alpha,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, float32",
+        "command": f"python benchmarks/quality.py --model {args.model} --split {args.split} --out {args.out}"
+        + (f" --heads {args.heads}" if args.heads else ""),
+    })
+    report.setdefault("sets", {})
+    report.setdefault("seconds", {})
+    sets = [s for s in args.sets.split(",") if (args.data / args.split / f"{s}.jsonl").exists()]
+    methods = args.methods.split(",")
+    with Progress() as progress:
+        for name in sets:
+            examples, problems = read_examples(args.data / args.split / f"{name}.jsonl")
+            if problems:
+                raise SystemExit(f"{name}: {problems}")
+            for method in methods:
+                if method in report["sets"].get(name, {}):
+                    continue
+                task = progress.add_task(f"{name} / {method}", total=len(examples))
+                started = time.perf_counter()
+                result = evaluate(model, examples, [method], progress=lambda n, t=task: progress.advance(t, n))
+                report["seconds"][f"{name}/{method}"] = round(time.perf_counter() - started, 1)
+                report["sets"].setdefault(name, {})[method] = result[method]
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
