@@ -52,9 +52,10 @@ def generate_cad(
     plain_prompts: Sequence[Prompt],
     weight: float = DEFAULT_WEIGHT,
     max_new_tokens: int = 24,
+    stop: Sequence[str] | None = None,
 ) -> list[Generation]:
     """Greedy CAD answers: ``prompts`` hold the context, ``plain_prompts`` are the same without it."""
-    settings = SamplingSettings(max_new_tokens=max_new_tokens)
+    settings = SamplingSettings(max_new_tokens=max_new_tokens, stop=stop)
     call = model._prepare(prompts, None, None, False, None, None, settings)
     plain = model._prepare(plain_prompts, None, None, False, None, None, settings)
     contrast = ContrastWithoutContext(model.model, plain.batch.input_ids.to(model.device),

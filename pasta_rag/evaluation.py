@@ -20,6 +20,7 @@ from .cad import generate_cad, score_cad
 from .emphasis import emphasize
 from .engine import PastaModel
 from .errors import PastaError
+from .prompts import PLAIN_FORMAT, PLAIN_NEXT_TURN
 
 METHODS = ("none", "marked", "pasta", "cad")
 TASKS = ("knowledge_conflict", "instruction")
@@ -231,11 +232,14 @@ def _score_chunk(model: PastaModel, chunk: Sequence[Example], method: str, score
     prompts = [prompt_for(example, method) for example in chunk]
     steer = prompts[0].steer
     new_tokens = NEW_TOKENS[chunk[0].task]
+    # A base model answering in the plain format would go on to write the next turn itself.
+    stop = [PLAIN_NEXT_TURN] if model.render(prompts[0].messages).format == PLAIN_FORMAT else None
     if method == "cad":
         plain = [prompt_without_emphasis(example) for example in chunk]
-        answers = generate_cad(model, [p.messages for p in prompts], plain, max_new_tokens=new_tokens)
+        answers = generate_cad(model, [p.messages for p in prompts], plain, max_new_tokens=new_tokens, stop=stop)
     else:
-        answers = model.generate_batch([p.messages for p in prompts], steer=steer, max_new_tokens=new_tokens)
+        answers = model.generate_batch([p.messages for p in prompts], steer=steer, max_new_tokens=new_tokens,
+                                       stop=stop)
     for example, prompted, generation in zip(chunk, prompts, answers):
         score.n += 1
         score.answers.append(generation.text)

@@ -68,6 +68,10 @@ def _render_messages(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Mess
     return plain_chat_format(messages), True, PLAIN_FORMAT
 
 
+PLAIN_NEXT_TURN = "\n\nUser:"
+"""Where a base model's answer in the plain format ends: it goes on to write the user's next turn."""
+
+
 def plain_chat_format(messages: Sequence[Message]) -> str:
     """For models without a chat template: 'Role: content' paragraphs, then 'Assistant:'."""
     turns = [f"{message['role'].capitalize()}: {message['content']}" for message in messages]

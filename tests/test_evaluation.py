@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from pasta_rag import Generation, PastaModel, parse_marked
 from pasta_rag.cli import app
+from pasta_rag.prompts import RenderedPrompt
 from pasta_rag.evaluation import (
     evaluate,
     first_json_object,
@@ -99,7 +100,10 @@ class ScriptedModel:
         self.answers, self.scores = answers, scores
         self.steer_seen: list[bool] = []
 
-    def generate_batch(self, prompts, steer, max_new_tokens):
+    def render(self, messages):
+        return RenderedPrompt(messages[-1]["content"], [], False, "chat_template")
+
+    def generate_batch(self, prompts, steer, max_new_tokens, stop):
         self.steer_seen.append(steer)
         return [Generation(self.answers[p[-1]["content"].split("Question: ")[1]], 1, 1, "stop", steer) for p in prompts]
 
@@ -140,3 +144,21 @@ def test_a_real_engine_runs_the_harness():
     report = evaluate(model, [parse_example(CONFLICT), parse_example(INSTRUCTION)], ["marked", "cad"])
     assert set(report["cad"]["knowledge_conflict"]) == {"es", "acc", "rep", "n"}
     assert report["cad"]["instruction"]["n"] == 1 and report["marked"]["instruction"]["n"] == 1
+
+
+def test_base_models_answer_one_turn_in_the_plain_format(monkeypatch):
+    """Without a chat template the prompt is 'User: ...\\n\\nAssistant:'; the answer ends where the next turn would start."""
+    model = PastaModel(tiny_model("llama"), char_tokenizer(chat_template=None), heads=[0], name="tiny")
+    seen = []
+    original = PastaModel.generate_batch
+
+    def spy(self, prompts, **kwargs):
+        seen.append(kwargs.get("stop"))
+        return original(self, prompts, **kwargs)
+
+    monkeypatch.setattr(PastaModel, "generate_batch", spy)
+    evaluate(model, [parse_example(CONFLICT)], ["none"], es=False)
+    assert seen == [["\n\nUser:"]]
+    chat = PastaModel(tiny_model("llama"), char_tokenizer(), heads=[0], name="tiny")
+    evaluate(chat, [parse_example(CONFLICT)], ["none"], es=False)
+    assert seen[-1] is None

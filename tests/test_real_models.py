@@ -13,7 +13,7 @@ from pasta_rag.cli import question_prompt
 
 pytestmark = pytest.mark.real_model
 
-DEV_SET = Path(__file__).parents[1] / "benchmarks" / "data" / "conflicts_dev.jsonl"
+CONFLICTS = Path(__file__).parents[1] / "benchmarks" / "data" / "test" / "conflicts.jsonl"
 EIFFEL = "The Eiffel Tower is located in Rome."
 
 
@@ -28,7 +28,8 @@ def gemma() -> PastaModel:
 
 
 def conflicts() -> list[dict]:
-    return [json.loads(line) for line in DEV_SET.read_text().splitlines()]
+    """The first 16 held-out knowledge conflicts (countries' capitals, currencies and languages)."""
+    return [json.loads(line) for line in CONFLICTS.read_text().splitlines()[:16]]
 
 
 def chat(example: dict) -> list[dict]:
@@ -80,8 +81,9 @@ def test_stream_equals_generate_on_the_real_model(default_model):
     prompt = chat(conflicts()[0])
     text = default_model.generate(prompt, max_new_tokens=20).text
     assert "".join(default_model.stream(prompt, max_new_tokens=20)) == text
-    stopped = default_model.generate(prompt, max_new_tokens=20, stop=["Tower is"])
-    assert stopped.finish_reason == "stop" and "Tower is" not in stopped.text
+    stop = text[len(text) // 2 : len(text) // 2 + 6]  # a multi-token string from the middle of the answer
+    stopped = default_model.generate(prompt, max_new_tokens=20, stop=[stop])
+    assert stopped.finish_reason == "stop" and stopped.text == text[: text.index(stop)]
 
 
 def test_gemma_loads_from_its_packages_and_uses_the_plain_format(gemma):
