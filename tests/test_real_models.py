@@ -44,7 +44,9 @@ def test_default_model_is_the_packaged_instruct_model(default_model):
     assert default_model.name == "smollm2-135m-instruct"
     assert (default_model.num_layers, default_model.num_heads) == (30, 9)
     assert default_model.model.config._attn_implementation == "pasta_sdpa"
-    assert default_model.heads is not None and len(default_model.heads) == 63
+    assert default_model.heads is not None and len(default_model.heads) == 50  # the profiled set
+    assert default_model.alpha == default_model.heads.metadata["alpha"] == 0.1
+    assert set(default_model.heads.metadata["tasks"]) == {"conflicts", "json", "pronouns"}
     assert default_model.render(chat(conflicts()[0])).format == "chat_template"
 
 
@@ -103,7 +105,14 @@ def test_gemma_steered_answers_follow_conflicting_contexts(gemma):
     steered = gemma.generate_batch(prompts, max_new_tokens=24)
     unsteered_hits = sum(follows(g.text, e) for g, e in zip(unsteered, examples))
     steered_hits = sum(follows(g.text, e) for g, e in zip(steered, examples))
-    assert steered_hits > unsteered_hits, (unsteered_hits, steered_hits)
+    assert steered_hits >= unsteered_hits, (unsteered_hits, steered_hits)
+    # the base model already follows most of these contexts: the margin shows the push toward them
+    margins = {
+        steer: sum(gemma.score(p, e["target_new"], steer=steer) - gemma.score(p, e["target_true"], steer=steer)
+                   for p, e in zip(prompts, examples)) / len(examples)
+        for steer in (False, True)
+    }
+    assert margins[True] > margins[False] + 0.5, margins
 
 
 def test_gemma_long_prompt_crosses_its_sliding_window(gemma):
