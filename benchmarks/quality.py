@@ -26,12 +26,21 @@ METHODS = ("none", "marked", "cad", "pasta")
 
 
 def markdown(report: dict) -> str:
-    lines = ["| set | method | es | acc | rep | n |", "|---|---|---|---|---|---|"]
-    for name, methods in report["sets"].items():
-        for method, tasks in methods.items():
-            for metrics in tasks.values():
-                es = f"{metrics['es']:.2f}" if "es" in metrics else "-"
-                lines.append(f"| {name} | {method} | {es} | {metrics['acc']:.2f} | {metrics['rep']:.2f} | {metrics['n']} |")
+    """One row per task set, one column per method; each cell acc / es / rep (es for conflicts only)."""
+    methods = [m for m in METHODS if any(m in by_method for by_method in report["sets"].values())]
+    lines = ["| set (n) | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
+    for name, by_method in report["sets"].items():
+        cells, n = [], 0
+        for method in methods:
+            metrics = next(iter(by_method[method].values())) if method in by_method else None
+            if metrics is None:
+                cells.append("")
+                continue
+            n = metrics["n"]
+            figures = [metrics["acc"], metrics.get("es"), metrics["rep"]]
+            cells.append(" / ".join(f"{x:.2f}" for x in figures if x is not None))
+        kind = "acc / es / rep" if "es" in next(iter(next(iter(by_method.values())).values())) else "acc / rep"
+        lines.append(f"| {name} ({n}): {kind} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

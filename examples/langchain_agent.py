@@ -30,8 +30,8 @@ FRENCH = re.compile(r"\b(le|la|les|est|et|de|des|du|il|elle|en|une|un|à|sont|av
 ENGLISH = re.compile(r"\b(the|is|and|of|with|are|it|weather|today|in)\b", re.IGNORECASE)
 LINES = 30
 PIN_ALPHA = 0.1
-"""A milder alpha than the RAG default (0.01): a pinned instruction is a short span, and steering every
-other token of a long conversation hard away makes this small model degenerate."""
+"""The pin's alpha, set here rather than taken from the head set: a pinned instruction is a short span, and
+steering every other token of a long conversation hard away (alpha 0.01) makes this small model degenerate."""
 
 
 @tool
