@@ -116,6 +116,31 @@ def bench(
     console.print_json(json.dumps(report["ratios"]))
 
 
+def _read_task_file(path: Path, what: str) -> list:
+    """The file's examples; each malformed line is reported with its number and skipped."""
+    from .evaluation import read_examples
+
+    examples, problems = read_examples(path)
+    for problem in problems:
+        errors.print(f"[yellow]{path.name}: skipped line {problem.line}:[/yellow] {problem.message}")
+    if not examples:
+        errors.print(f"[red]error:[/red] {what} file {path} holds no usable example.")
+        raise typer.Exit(2)
+    return examples
+
+
+def _read_sets(paths: list[Path], what: str) -> dict[str, list]:
+    """One task per file, named by the file's stem (the path when two stems clash)."""
+    sets = {}
+    for path in paths:
+        sets[path.stem if path.stem not in sets else str(path)] = _read_task_file(path, what)
+    return sets
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
 @app.command("eval")
 def evaluate_command(
     data: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="JSON Lines task file (see pasta_rag/evaluation.py).")],
@@ -129,14 +154,9 @@ def evaluate_command(
     from rich.progress import Progress
 
     from .engine import PastaModel
-    from .evaluation import evaluate, read_examples
+    from .evaluation import evaluate
 
-    examples, problems = read_examples(data)
-    for problem in problems:
-        errors.print(f"[yellow]skipped line {problem.line}:[/yellow] {problem.message}")
-    if not examples:
-        errors.print(f"[red]error:[/red] {data} holds no usable example.")
-        raise typer.Exit(2)
+    examples = _read_task_file(data, "task")
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
     try:
         pasta = PastaModel.from_pretrained(model, heads=heads, alpha=alpha)
@@ -157,27 +177,6 @@ def evaluate_command(
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2) + "\n")
-
-
-def _read_sets(paths: list[Path], what: str) -> dict[str, list]:
-    """One task per file, named by the file's stem; malformed lines are reported and skipped."""
-    from .evaluation import read_examples
-
-    sets = {}
-    for path in paths:
-        examples, problems = read_examples(path)
-        for problem in problems:
-            errors.print(f"[yellow]{path.name}: skipped line {problem.line}:[/yellow] {problem.message}")
-        if not examples:
-            errors.print(f"[red]error:[/red] {what} file {path} holds no usable example.")
-            raise typer.Exit(2)
-        name = path.stem if path.stem not in sets else str(path)
-        sets[name] = examples
-    return sets
-
-
-def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
 
 
 @app.command()

@@ -221,14 +221,14 @@ def evaluate(
             batch = [e for e in examples if e.task == task]
             for start in range(0, len(batch), batch_size):
                 chunk = batch[start : start + batch_size]
-                _score_chunk(model, chunk, method, scores.setdefault(task, TaskScore(scored_es=es)), es)
+                _score_chunk(model, chunk, method, scores.setdefault(task, TaskScore(scored_es=es)))
                 if progress:
                     progress(len(chunk))
         report[method] = {task: score.metrics(task) for task, score in scores.items()}
     return report
 
 
-def _score_chunk(model: PastaModel, chunk: Sequence[Example], method: str, score: TaskScore, es: bool) -> None:
+def _score_chunk(model: PastaModel, chunk: Sequence[Example], method: str, score: TaskScore) -> None:
     prompts = [prompt_for(example, method) for example in chunk]
     steer = prompts[0].steer
     new_tokens = NEW_TOKENS[chunk[0].task]
@@ -246,7 +246,7 @@ def _score_chunk(model: PastaModel, chunk: Sequence[Example], method: str, score
         score.rep_hits += loops(generation.text)
         if example.task == "knowledge_conflict":
             score.acc_hits += follows_context(generation.text, example.target_new, example.target_true)
-            if not es:
+            if not score.scored_es:
                 continue
             if method == "cad":
                 without = prompt_without_emphasis(example)

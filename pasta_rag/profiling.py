@@ -31,7 +31,7 @@ import json
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ from .errors import PastaError
 from .evaluation import Example, prompt_for
 from .heads import HeadSet
 from .steering import SteeringState, steering
-from .tokens import encode
+from .tokens import EncodedPrompt, encode, pad_left
 
 Pair = tuple[int, int]
 
@@ -115,24 +115,16 @@ class _Batch:
 
     @classmethod
     def of(cls, rows: Sequence[ScoringRow], pad_token_id: int) -> _Batch:
-        length = max(len(row.input_ids) for row in rows)
-        input_ids = torch.full((len(rows), length), pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-        unbiased = torch.zeros((len(rows), length), dtype=torch.bool)
-        for i, row in enumerate(rows):
-            start = length - len(row.input_ids)
-            input_ids[i, start:] = torch.tensor(row.input_ids)
-            attention_mask[i, start:] = 1
-            unbiased[i, start:] = torch.tensor(row.unbiased)
-        first = min(length - len(row.input_ids) + row.first_affected for row in rows)
+        padded = pad_left([EncodedPrompt(row.input_ids, row.unbiased) for row in rows], pad_token_id)
+        length = padded.prompt_len
         return cls(
-            input_ids,
-            attention_mask,
-            (attention_mask.cumsum(-1) - 1).clamp(min=0),
-            unbiased,
+            padded.input_ids,
+            padded.attention_mask,
+            (padded.attention_mask.cumsum(-1) - 1).clamp(min=0),
+            padded.emphasized,  # here: the keys steering leaves alone
             torch.tensor([row.obeying for row in rows]),
             torch.tensor([row.ignoring for row in rows]),
-            first,
+            min(length - len(row.input_ids) + row.first_affected for row in rows),
         )
 
     def margin(self, logits: torch.Tensor, repeats: int = 1) -> torch.Tensor:
@@ -245,7 +237,7 @@ class _Unsteered:
         cached = [(layer.keys, layer.values) for layer in output.cache.layers]
         # A sliding-window layer keeps only its window: then recompute the whole row (no shared prefix).
         shared = batch.first_affected if all(keys.shape[2] == length for keys, _ in cached) else 0
-        batch = _Batch(**{**batch.__dict__, "first_affected": shared})
+        batch = replace(batch, first_affected=shared)
         prefix = [(keys[:, :, :shared], values[:, :, :shared]) for keys, values in cached]
         return cls(batch, list(layer_inputs), prefix, batch.margin(output.logits[:, -1]))
 
