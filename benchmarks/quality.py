@@ -1,5 +1,7 @@
 """The README's quality table: none / marked / cad / pasta on every task set of a split.
 
+``pasta`` steers with the model's shipped set for the set's task: the ``context`` set on the
+knowledge-conflict sets, the ``instructions`` set on the instruction sets (``--heads`` overrides both).
 Each (set, method) result is written as soon as it is measured, so a killed run
 resumes where it stopped (delete the output file to start over).
 
@@ -51,16 +53,22 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path(__file__).parent / "data")
     parser.add_argument("--sets", default=",".join(SETS))
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--heads", default=None, help="head set file (default: the model's shipped set)")
+    parser.add_argument("--heads", default=None, help="one head set file for every set (default: the shipped sets)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
     model = PastaModel.from_pretrained(args.model, heads=args.heads)
+    by_task = {"knowledge_conflict": model, "instruction": model}
+    if args.heads is None:  # the same weights, steered with the set profiled for instructions
+        by_task["instruction"] = PastaModel(model.model, model.tokenizer, heads="instructions", name=model.name)
     report = json.loads(args.out.read_text()) if args.out.exists() else {}
     report.update({
         "model": model.name,
-        "heads": len(model.heads) if model.heads else 0,
-        "alpha": model.alpha,
+        "head_sets": {
+            task: {"heads": len(steered.heads) if steered.heads else 0, "alpha": steered.alpha,
+                   "tasks": list(steered.heads.metadata.get("tasks", {})) if steered.heads else []}
+            for task, steered in by_task.items()
+        },
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, float32",
         "command": f"python benchmarks/quality.py --model {args.model} --split {args.split} --out {args.out}"
@@ -80,7 +88,8 @@ def main() -> None:
                     continue
                 task = progress.add_task(f"{name} / {method}", total=len(examples))
                 started = time.perf_counter()
-                result = evaluate(model, examples, [method], progress=lambda n, t=task: progress.advance(t, n))
+                steered = by_task[examples[0].task]
+                result = evaluate(steered, examples, [method], progress=lambda n, t=task: progress.advance(t, n))
                 report["seconds"][f"{name}/{method}"] = round(time.perf_counter() - started, 1)
                 report["sets"].setdefault(name, {})[method] = result[method]
                 args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,11 @@ ModelOption = Annotated[
     str,
     typer.Option(help="'default' (SmolLM2-135M-Instruct), 'gemma3-270m', a .gguf file, a model folder or a hub id."),
 ]
+HeadsOption = Annotated[
+    str | None,
+    typer.Option(help="Head set JSON file ({'layer': [heads]}), or a set shipped for the model: 'context' "
+                 "(retrieved passages) or 'instructions'. Default: 'context'."),
+]
 
 
 def question_prompt(context: str, question: str, has_chat_template: bool) -> tuple[object, str]:
@@ -48,7 +53,7 @@ def ask(
         typer.Option(help="Emphasize this substring of the context instead of all of it (repeatable)."),
     ] = None,
     model: ModelOption = "default",
-    heads: Annotated[str | None, typer.Option(help="Head set JSON file ({'layer': [heads]}); default: the model's shipped set.")] = None,
+    heads: HeadsOption = None,
     alpha: Annotated[
         float | None,
         typer.Option(help="Attention scale on non-emphasized tokens (0 < alpha; smaller steers harder). "
@@ -91,7 +96,7 @@ def bench(
     lengths: Annotated[str, typer.Option(help="Prompt lengths in tokens, comma-separated.")] = "256,1024,4096",
     new_tokens: Annotated[int, typer.Option(help="Tokens decoded per run.")] = 32,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when present).")] = None,
-    heads: Annotated[str | None, typer.Option(help="Head set JSON file; default: the model's shipped set.")] = None,
+    heads: HeadsOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     out: Annotated[Path | None, typer.Option(help="Also write the JSON report to this file.")] = None,
 ) -> None:
@@ -145,7 +150,7 @@ def _floats(text: str) -> list[float]:
 def evaluate_command(
     data: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="JSON Lines task file (see pasta_rag/evaluation.py).")],
     model: ModelOption = "default",
-    heads: Annotated[str | None, typer.Option(help="Head set JSON file; default: the model's shipped set.")] = None,
+    heads: HeadsOption = None,
     alpha: Annotated[float | None, typer.Option(help="Alpha for pasta; default: the head set's own, else 0.01.")] = None,
     methods: Annotated[str, typer.Option(help="Comma-separated: none, marked, pasta, cad.")] = "none,marked,pasta,cad",
     out: Annotated[Path | None, typer.Option(help="Write the results as JSON here.")] = None,

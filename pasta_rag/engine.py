@@ -23,7 +23,7 @@ from typing_extensions import Unpack
 from . import loading
 from .emphasis import Span
 from .errors import ContextWindowError, HeadSetError, PastaError, SteeringError
-from .heads import HeadSet, as_head_set, shipped_head_set
+from .heads import PURPOSES, HeadSet, as_head_set, shipped_head_set
 from .prompts import Prompt, RenderedPrompt, render
 from .steering import SteeringState, steered_implementation, steering
 from .stopping import StopOnText, cut_at_stop, safe_prefix_length
@@ -121,7 +121,7 @@ class PastaModel:
         self._use_steerable_attention(text_config)
         if heads is None:
             heads = shipped_head_set(self.name)
-        self.heads: HeadSet | None = self._resolve_heads(heads) if heads is not None else None
+        self.heads: HeadSet | None = self.resolve_heads(heads) if heads is not None else None
         if alpha is None:  # a head set is chosen together with its alpha; use that one unless told otherwise
             alpha = self.heads.metadata.get("alpha", DEFAULT_ALPHA) if self.heads is not None else DEFAULT_ALPHA
         self.alpha = _checked_alpha(alpha)
@@ -363,7 +363,6 @@ class PastaModel:
     ) -> SteeringState | None:
         if not steer:
             return None
-        alpha = self.alpha if alpha is None else _checked_alpha(alpha)
         if not batch.emphasized.any():
             warnings.warn(
                 "Steering was asked for but nothing is emphasized; generating unsteered. Mark text with "
@@ -371,15 +370,26 @@ class PastaModel:
                 stacklevel=4,
             )
             return None
-        head_set = self._resolve_heads(heads) if heads is not None else self.heads
+        head_set = self.resolve_heads(heads) if heads is not None else self.heads
         if head_set is None:
             raise HeadSetError(
                 f"pasta-rag ships no head set for {self.name!r}; pass heads= (a JSON file, "
                 '{"layer": [heads]} or a list of layers), or profile one with `pasta-rag profile`.'
             )
-        return SteeringState(batch.emphasized, head_set, alpha, self.num_heads)
+        if alpha is None:  # a per-call head set brings the alpha it was chosen with
+            alpha = head_set.metadata.get("alpha", self.alpha) if heads is not None else self.alpha
+        return SteeringState(batch.emphasized, head_set, _checked_alpha(alpha), self.num_heads)
 
-    def _resolve_heads(self, heads: HeadSetLike) -> HeadSet:
+    def resolve_heads(self, heads: HeadSetLike) -> HeadSet:
+        """A head set checked against this model; ``"context"`` or ``"instructions"`` name its shipped sets."""
+        if isinstance(heads, str) and heads in PURPOSES:
+            shipped = shipped_head_set(self.name, heads)
+            if shipped is None:
+                raise HeadSetError(
+                    f"pasta-rag ships no {heads!r} head set for {self.name!r}; pass a head set file or "
+                    "profile one with `pasta-rag profile`."
+                )
+            heads = shipped
         head_set = as_head_set(heads).resolve(self.num_layers, self.num_heads)
         if not head_set:
             raise HeadSetError("The head set is empty: steering no head changes nothing. Pass steer=False instead.")

@@ -119,9 +119,25 @@ class HeadSet:
         return bool(self.all_heads_of) or any(self.heads.values())
 
 
-def shipped_head_set(name: str) -> HeadSet | None:
-    """The head set shipped in ``pasta_rag/head_sets/<name>.json``, or None."""
-    resource = resources.files("pasta_rag").joinpath("head_sets", f"{name}.json")
+PURPOSES = ("context", "instructions")
+"""The shipped sets of a model, by what they are profiled for.
+
+``context`` (the default): emphasized retrieved passages and knowledge conflicts, short and long.
+``instructions``: emphasized instructions (format, wording). Heads that pull a model onto a passage
+make it loop on an emphasized instruction, and the reverse heads do not find a passage lost among
+others, so one set cannot serve both (measured: README, "Head sets and the profiler").
+"""
+
+
+def shipped_head_set(name: str, purpose: str = "context") -> HeadSet | None:
+    """The head set shipped for model ``name`` and ``purpose``, or None.
+
+    Files: ``pasta_rag/head_sets/<name>.json`` (context) and ``<name>.<purpose>.json``.
+    """
+    if purpose not in PURPOSES:
+        raise HeadSetError(f"Unknown head set purpose {purpose!r}; shipped sets are {', '.join(PURPOSES)}.")
+    file_name = f"{name}.json" if purpose == "context" else f"{name}.{purpose}.json"
+    resource = resources.files("pasta_rag").joinpath("head_sets", file_name)
     if not resource.is_file():
         return None
     return HeadSet.from_json(json.loads(resource.read_text()))

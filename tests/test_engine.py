@@ -12,6 +12,7 @@ from tiny import char_tokenizer, tiny_model
 from pasta_rag import (
     ContextWindowError,
     EmphasisError,
+    HeadSet,
     HeadSetError,
     PastaModel,
     SteeringError,
@@ -200,3 +201,23 @@ def test_alpha_comes_from_the_head_set_unless_given():
     assert PastaModel(tiny_model("llama"), char_tokenizer(), heads=heads).alpha == 0.2
     assert PastaModel(tiny_model("llama"), char_tokenizer(), heads=heads, alpha=0.05).alpha == 0.05
     assert PastaModel(tiny_model("llama"), char_tokenizer(), heads=[1]).alpha == 0.01
+
+
+def test_a_per_call_head_set_brings_its_own_alpha():
+    model = PastaModel(tiny_model("llama"), char_tokenizer(), heads=[1])
+    own = model.score(PROMPT, " green", heads={"heads": [0], "metadata": {"alpha": 0.2}})
+    assert own == pytest.approx(model.score(PROMPT, " green", heads=[0], alpha=0.2), abs=1e-6)
+    assert own != pytest.approx(model.score(PROMPT, " green", heads=[0]), abs=1e-4)  # not the model's 0.01
+
+
+def test_shipped_sets_are_named_by_purpose(monkeypatch):
+    shipped = {"context": HeadSet.from_pairs([(1, 0)]), "instructions": HeadSet.from_pairs([(0, 1)], {"alpha": 0.3})}
+    monkeypatch.setattr("pasta_rag.engine.shipped_head_set", lambda name, purpose="context": shipped[purpose])
+    model = PastaModel(tiny_model("llama"), char_tokenizer(), name="tiny")
+    assert model.heads == shipped["context"]
+    assert model.resolve_heads("instructions").pairs() == [(0, 1)]
+    assert model.score(PROMPT, " green", heads="instructions") == pytest.approx(
+        model.score(PROMPT, " green", heads={"0": [1]}, alpha=0.3), abs=1e-6)
+    monkeypatch.setattr("pasta_rag.engine.shipped_head_set", lambda name, purpose="context": None)
+    with pytest.raises(HeadSetError, match="ships no 'instructions' head set for 'tiny'"):
+        model.generate(PROMPT, heads="instructions", max_new_tokens=2)

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from pasta_rag import HeadSet, HeadSetError
-from pasta_rag.heads import as_head_set, shipped_head_set
+from pasta_rag.heads import PURPOSES, as_head_set, shipped_head_set
 
 
 def test_reference_format_round_trip(tmp_path):
@@ -52,7 +52,12 @@ def test_files_that_are_missing_or_broken(tmp_path):
 
 @pytest.mark.parametrize(("name", "layers", "heads"), [("smollm2-135m-instruct", 30, 9), ("gemma3-270m", 18, 4)])
 def test_shipped_head_sets_fit_their_models(name, layers, heads):
-    shipped = shipped_head_set(name)
-    assert shipped is not None and "method" in shipped.metadata
-    assert len(shipped.resolve(layers, heads)) > 0
+    for purpose in PURPOSES:
+        shipped = shipped_head_set(name, purpose)
+        assert shipped is not None and "method" in shipped.metadata, purpose
+        assert len(shipped.resolve(layers, heads)) > 0
+    assert shipped_head_set(name) == shipped_head_set(name, "context")
+    assert shipped_head_set(name, "context") != shipped_head_set(name, "instructions")
     assert shipped_head_set("no-such-model") is None
+    with pytest.raises(HeadSetError, match="purpose 'chat'"):
+        shipped_head_set(name, "chat")

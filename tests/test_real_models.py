@@ -10,10 +10,12 @@ import pytest
 from pasta_rag import PastaModel, emphasize
 from pasta_rag import loading
 from pasta_rag.cli import question_prompt
+from pasta_rag.evaluation import evaluate, parse_example
+from pasta_rag.heads import shipped_head_set
 
 pytestmark = pytest.mark.real_model
 
-CONFLICTS = Path(__file__).parents[1] / "benchmarks" / "data" / "test" / "conflicts.jsonl"
+TEST_DATA = Path(__file__).parents[1] / "benchmarks" / "data" / "test"
 EIFFEL = "The Eiffel Tower is located in Rome."
 
 
@@ -27,13 +29,20 @@ def gemma() -> PastaModel:
     return PastaModel.from_pretrained("gemma3-270m")
 
 
+def held_out(name: str, n: int) -> list[dict]:
+    """The first n records of a test set (countries' capitals, currencies and languages)."""
+    return [json.loads(line) for line in (TEST_DATA / f"{name}.jsonl").read_text().splitlines()[:n]]
+
+
 def conflicts() -> list[dict]:
-    """The first 16 held-out knowledge conflicts (countries' capitals, currencies and languages)."""
-    return [json.loads(line) for line in CONFLICTS.read_text().splitlines()[:16]]
+    return held_out("conflicts", 16)
 
 
 def chat(example: dict) -> list[dict]:
-    return [{"role": "user", "content": f"Context: {emphasize(example['context'])}\nQuestion: {example['question']}"}]
+    context = example["context"]
+    for passage in example.get("emphasis") or [context]:  # the long set marks one passage, as a reranker would
+        context = context.replace(passage, emphasize(passage))
+    return [{"role": "user", "content": f"Context: {context}\nQuestion: {example['question']}"}]
 
 
 def follows(answer: str, example: dict) -> bool:
@@ -44,9 +53,11 @@ def test_default_model_is_the_packaged_instruct_model(default_model):
     assert default_model.name == "smollm2-135m-instruct"
     assert (default_model.num_layers, default_model.num_heads) == (30, 9)
     assert default_model.model.config._attn_implementation == "pasta_sdpa"
-    assert default_model.heads is not None and len(default_model.heads) == 50  # the profiled set
-    assert default_model.alpha == default_model.heads.metadata["alpha"] == 0.1
-    assert set(default_model.heads.metadata["tasks"]) == {"conflicts", "json", "pronouns"}
+    assert default_model.heads == shipped_head_set(default_model.name, "context")  # the profiled set
+    assert default_model.alpha == default_model.heads.metadata["alpha"]
+    assert set(default_model.heads.metadata["tasks"]) == {"conflicts", "conflicts_long"}
+    instructions = default_model.resolve_heads("instructions")
+    assert set(instructions.metadata["tasks"]) == {"json", "pronouns"} and instructions != default_model.heads
     assert default_model.render(chat(conflicts()[0])).format == "chat_template"
 
 
@@ -76,6 +87,17 @@ def test_steered_answers_follow_conflicting_contexts(default_model):
     unsteered_hits = sum(follows(g.text, e) for g, e in zip(unsteered, examples))
     steered_hits = sum(follows(g.text, e) for g, e in zip(steered, examples))
     assert all(g.steered for g in steered) and not any(g.steered for g in unsteered)
+    assert steered_hits >= unsteered_hits + 3, (unsteered_hits, steered_hits)
+
+
+def test_steered_answers_find_the_marked_passage_in_a_long_context(default_model):
+    """The conflicting passage sits among 12 true ones about other countries; the chain marks it."""
+    examples = held_out("conflicts_long", 8)
+    prompts = [chat(e) for e in examples]
+    unsteered = default_model.generate_batch(prompts, steer=False, max_new_tokens=24)
+    steered = default_model.generate_batch(prompts, max_new_tokens=24)
+    unsteered_hits = sum(follows(g.text, e) for g, e in zip(unsteered, examples))
+    steered_hits = sum(follows(g.text, e) for g, e in zip(steered, examples))
     assert steered_hits >= unsteered_hits + 3, (unsteered_hits, steered_hits)
 
 
@@ -122,3 +144,12 @@ def test_gemma_long_prompt_crosses_its_sliding_window(gemma):
     assert gemma.generate(prompt, steer=False, max_new_tokens=1).prompt_tokens > 520
     result = gemma.generate(prompt, max_new_tokens=8)
     assert result.steered and result.completion_tokens == 8 or result.finish_reason == "stop"
+
+
+def test_the_instructions_set_makes_answers_obey_a_marked_format(default_model):
+    """The JSON-format instruction is emphasized; the set profiled for instructions makes answers obey it."""
+    examples = [parse_example(record) for record in held_out("json", 8)]
+    steered = PastaModel(default_model.model, default_model.tokenizer, heads="instructions", name=default_model.name)
+    report = evaluate(steered, examples, ["none", "pasta"], es=False)
+    plain, pasta = report["none"]["instruction"], report["pasta"]["instruction"]
+    assert pasta["acc"] >= plain["acc"] + 0.25 and pasta["rep"] <= 0.25, report

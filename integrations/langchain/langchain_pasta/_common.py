@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from pasta_rag import Generation, PastaModel, SamplingSettings, has_markers, strip_markers
 from pasta_rag.errors import PastaError
-from pasta_rag.heads import HeadSet, as_head_set
+from pasta_rag.heads import HeadSet
 from pasta_rag.prompts import Prompt
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -85,10 +85,11 @@ class PastaFields(BaseModel):
 
     heads: Any = None
     """The head set to steer: a ``pasta_rag.HeadSet``, ``{"layer": [heads]}``, a list of layers or a JSON
-    file. None: the set shipped for the model."""
+    file, or the name of a set shipped for the model: "context" (retrieved passages, the default) or
+    "instructions" (emphasized instructions, e.g. a pinned system prompt). None: the context set."""
     alpha: float | None = None
     """Attention scale of non-emphasized prompt tokens in the steered heads (0 < alpha <= 1, smaller
-    steers harder). None: the engine's (0.01, the paper's)."""
+    steers harder). None: the alpha the head set was chosen with (else 0.01, the paper's)."""
     steer: bool = True
     """False runs the plain model even when text is emphasized (for side-by-side comparisons)."""
 
@@ -424,12 +425,9 @@ def _check_sampling(temperature: float, max_tokens: int, top_p: float, top_k: in
 
 def _resolved_heads(heads: Any, engine: PastaModel) -> HeadSet:
     try:
-        head_set = as_head_set(heads).resolve(engine.num_layers, engine.num_heads)
+        return engine.resolve_heads(heads)
     except PastaError as error:
         raise ValueError(f"Bad head set for {engine.name}: {error}") from error
-    if not head_set:
-        raise ValueError("The head set is empty: steering no head changes nothing. Use steer=False instead.")
-    return head_set
 
 
 def _describe_heads(heads: HeadSet | None, engine: PastaModel) -> str:

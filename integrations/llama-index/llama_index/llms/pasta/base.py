@@ -132,8 +132,8 @@ class PastaLLM(CustomLLM):
     )
     heads: Any | None = Field(
         default=None,
-        description="Head set to steer: {'layer': [heads]}, a list of layers or a JSON file. None: the head "
-        "set shipped for the model.",
+        description="Head set to steer: {'layer': [heads]}, a list of layers, a JSON file, or a set shipped for "
+        "the model: 'context' (retrieved passages) or 'instructions' (emphasized instructions). None: 'context'.",
     )
     alpha: float | None = Field(
         default=None, gt=0.0, description="Attention scale for non-emphasized tokens (paper: 0.01). None: model's."
