@@ -21,7 +21,7 @@ import torch
 from rich.progress import Progress
 
 from pasta_rag import PastaModel
-from pasta_rag.evaluation import evaluate, read_examples
+from pasta_rag.evaluation import evaluate, read_examples, shipped_heads_by_task
 
 SETS = ("conflicts", "conflicts_long", "control", "json", "pronouns")
 METHODS = ("none", "marked", "cad", "pasta")
@@ -58,16 +58,16 @@ def main() -> None:
     args = parser.parse_args()
 
     model = PastaModel.from_pretrained(args.model, heads=args.heads)
-    by_task = {"knowledge_conflict": model, "instruction": model}
-    if args.heads is None:  # the same weights, steered with the set profiled for instructions
-        by_task["instruction"] = PastaModel(model.model, model.tokenizer, heads="instructions", name=model.name)
+    by_task = shipped_heads_by_task(model) if args.heads is None else {}
+    head_sets = {"knowledge_conflict": model.heads}
+    head_sets["instruction"] = model.resolve_heads(by_task["instruction"]) if by_task else model.heads
     report = json.loads(args.out.read_text()) if args.out.exists() else {}
     report.update({
         "model": model.name,
         "head_sets": {
-            task: {"heads": len(steered.heads) if steered.heads else 0, "alpha": steered.alpha,
-                   "tasks": list(steered.heads.metadata.get("tasks", {})) if steered.heads else []}
-            for task, steered in by_task.items()
+            task: {"heads": len(head_set), "alpha": head_set.metadata.get("alpha", model.alpha),
+                   "tasks": list(head_set.metadata.get("tasks", {}))}
+            for task, head_set in head_sets.items() if head_set is not None
         },
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, float32",
@@ -88,8 +88,8 @@ def main() -> None:
                     continue
                 task = progress.add_task(f"{name} / {method}", total=len(examples))
                 started = time.perf_counter()
-                steered = by_task[examples[0].task]
-                result = evaluate(steered, examples, [method], progress=lambda n, t=task: progress.advance(t, n))
+                result = evaluate(model, examples, [method], progress=lambda n, t=task: progress.advance(t, n),
+                                  heads=by_task)
                 report["seconds"][f"{name}/{method}"] = round(time.perf_counter() - started, 1)
                 report["sets"].setdefault(name, {})[method] = result[method]
                 args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -155,11 +155,14 @@ def evaluate_command(
     methods: Annotated[str, typer.Option(help="Comma-separated: none, marked, pasta, cad.")] = "none,marked,pasta,cad",
     out: Annotated[Path | None, typer.Option(help="Write the results as JSON here.")] = None,
 ) -> None:
-    """Score methods on a task file: es / acc / rep per task kind (malformed lines are reported and skipped)."""
+    """Score methods on a task file: es / acc / rep per task kind (malformed lines are reported and skipped).
+
+    Without --heads and --alpha, pasta steers instruction tasks with the model's shipped 'instructions' set.
+    """
     from rich.progress import Progress
 
     from .engine import PastaModel
-    from .evaluation import evaluate
+    from .evaluation import evaluate, shipped_heads_by_task
 
     examples = _read_task_file(data, "task")
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
@@ -167,7 +170,8 @@ def evaluate_command(
         pasta = PastaModel.from_pretrained(model, heads=heads, alpha=alpha)
         with Progress(console=errors) as progress:
             task = progress.add_task("evaluating", total=len(examples) * len(chosen))
-            report = evaluate(pasta, examples, chosen, progress=lambda n: progress.advance(task, n))
+            by_task = shipped_heads_by_task(pasta) if heads is None and alpha is None else {}
+            report = evaluate(pasta, examples, chosen, progress=lambda n: progress.advance(task, n), heads=by_task)
     except PastaError as error:
         errors.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None

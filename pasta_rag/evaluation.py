@@ -11,15 +11,16 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .cad import generate_cad, score_cad
 from .emphasis import emphasize
-from .engine import PastaModel
+from .engine import HeadSetLike, PastaModel
 from .errors import PastaError
+from .heads import shipped_head_set
 from .prompts import PLAIN_FORMAT, PLAIN_NEXT_TURN
 
 METHODS = ("none", "marked", "pasta", "cad")
@@ -209,10 +210,12 @@ def evaluate(
     batch_size: int = 8,
     progress: Callable[[int], None] | None = None,
     es: bool = True,
+    heads: Mapping[str, HeadSetLike] | None = None,
 ) -> dict[str, dict[str, dict[str, float | int]]]:
     """``{method: {task: {"es", "acc", "rep", "n"}}}`` over ``examples`` (es for knowledge conflicts only).
 
     ``es=False`` skips the efficacy score (two extra forwards per conflict), as choosing heads on dev does.
+    ``heads`` steers a task kind with another head set than the model's, e.g. ``shipped_heads_by_task``.
     """
     report: dict[str, dict[str, dict[str, float | int]]] = {}
     for method in methods:
@@ -221,14 +224,22 @@ def evaluate(
             batch = [e for e in examples if e.task == task]
             for start in range(0, len(batch), batch_size):
                 chunk = batch[start : start + batch_size]
-                _score_chunk(model, chunk, method, scores.setdefault(task, TaskScore(scored_es=es)))
+                _score_chunk(model, chunk, method, scores.setdefault(task, TaskScore(scored_es=es)),
+                             (heads or {}).get(task))
                 if progress:
                     progress(len(chunk))
         report[method] = {task: score.metrics(task) for task, score in scores.items()}
     return report
 
 
-def _score_chunk(model: PastaModel, chunk: Sequence[Example], method: str, score: TaskScore) -> None:
+def shipped_heads_by_task(model: PastaModel) -> dict[str, HeadSetLike]:
+    """Instruction tasks steered with the model's shipped ``instructions`` set, when it has one."""
+    return {"instruction": "instructions"} if shipped_head_set(model.name, "instructions") else {}
+
+
+def _score_chunk(
+    model: PastaModel, chunk: Sequence[Example], method: str, score: TaskScore, heads: HeadSetLike | None
+) -> None:
     prompts = [prompt_for(example, method) for example in chunk]
     steer = prompts[0].steer
     new_tokens = NEW_TOKENS[chunk[0].task]
@@ -238,8 +249,8 @@ def _score_chunk(model: PastaModel, chunk: Sequence[Example], method: str, score
         plain = [prompt_without_emphasis(example) for example in chunk]
         answers = generate_cad(model, [p.messages for p in prompts], plain, max_new_tokens=new_tokens, stop=stop)
     else:
-        answers = model.generate_batch([p.messages for p in prompts], steer=steer, max_new_tokens=new_tokens,
-                                       stop=stop)
+        answers = model.generate_batch([p.messages for p in prompts], steer=steer, heads=heads,
+                                       max_new_tokens=new_tokens, stop=stop)
     for example, prompted, generation in zip(chunk, prompts, answers):
         score.n += 1
         score.answers.append(generation.text)
@@ -253,8 +264,8 @@ def _score_chunk(model: PastaModel, chunk: Sequence[Example], method: str, score
                 new = score_cad(model, prompted.messages, without, example.target_new)
                 true = score_cad(model, prompted.messages, without, example.target_true)
             else:
-                new = model.score(prompted.messages, example.target_new, steer=steer)
-                true = model.score(prompted.messages, example.target_true, steer=steer)
+                new = model.score(prompted.messages, example.target_new, steer=steer, heads=heads)
+                true = model.score(prompted.messages, example.target_true, steer=steer, heads=heads)
             score.es_hits += new > true
         else:
             score.acc_hits += obeys(generation.text, example.check)

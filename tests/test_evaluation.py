@@ -20,6 +20,7 @@ from pasta_rag.evaluation import (
     parse_example,
     prompt_for,
     read_examples,
+    shipped_heads_by_task,
 )
 
 CONFLICT = {"id": 1, "task": "knowledge_conflict", "context": "The Eiffel Tower is in Rome.",
@@ -99,15 +100,17 @@ class ScriptedModel:
     def __init__(self, answers: dict[str, str], scores: dict[str, float]):
         self.answers, self.scores = answers, scores
         self.steer_seen: list[bool] = []
+        self.heads_seen: list = []
 
     def render(self, messages):
         return RenderedPrompt(messages[-1]["content"], [], False, "chat_template")
 
-    def generate_batch(self, prompts, steer, max_new_tokens, stop):
+    def generate_batch(self, prompts, steer, heads, max_new_tokens, stop):
         self.steer_seen.append(steer)
+        self.heads_seen.append(heads)
         return [Generation(self.answers[p[-1]["content"].split("Question: ")[1]], 1, 1, "stop", steer) for p in prompts]
 
-    def score(self, messages, continuation, steer):
+    def score(self, messages, continuation, steer, heads):
         return self.scores[continuation]
 
 
@@ -121,6 +124,20 @@ def test_runner_counts_es_acc_rep_per_method_and_task():
     assert report["none"]["knowledge_conflict"] == {"es": 1.0, "acc": 0.5, "rep": 0.5, "n": 2}
     assert report["none"]["instruction"] == {"acc": 1.0, "rep": 0.0, "n": 1}
     assert model.steer_seen == [False, False, True, True]
+    assert model.heads_seen == [None] * 4
+
+
+def test_a_task_kind_can_be_steered_with_another_head_set():
+    examples = [parse_example(CONFLICT), parse_example(INSTRUCTION)]
+    model = ScriptedModel({"Where is the Eiffel Tower?": "Rome.", "Which city?": "{}"}, {"Rome": -1.0, "Paris": -2.0})
+    evaluate(model, examples, ["pasta"], heads={"instruction": "instructions"})
+    assert model.heads_seen == [None, "instructions"]  # conflicts first, then instructions
+
+
+def test_the_shipped_instructions_set_is_used_where_a_model_has_one():
+    assert shipped_heads_by_task(PastaModel(tiny_model("llama"), char_tokenizer(), heads=[1], name="tiny")) == {}
+    named = PastaModel(tiny_model("llama"), char_tokenizer(), heads=[1], name="smollm2-135m-instruct")
+    assert shipped_heads_by_task(named) == {"instruction": "instructions"}
 
 
 def test_eval_command_on_a_tiny_model(tmp_path):
