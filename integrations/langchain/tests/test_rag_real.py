@@ -32,10 +32,11 @@ PROMPT = ChatPromptTemplate.from_messages(
     [("system", "Answer the question using the context."), ("human", "Context:\n{context}\n\nQuestion: {question}")]
 )
 MAX_TOKENS = 32
-# Seen on this model with the shipped (profiled) head set (2 CPU cores, float32): the plain chain answers
-# from the documents in 9 of 12 cases, the steered one in 11 of 12; Brazil (French) and Everest (Peru)
-# flip, no case flips back, and the Eiffel Tower (Rome) and Japan (Osaka) fail both ways.
-EXPECTED_FLIPS = {"French", "Peru"}
+# Seen on this model with the shipped context head set (2 CPU cores, float32): the plain chain answers
+# from the documents in 8 of 12 cases, the steered one in 11 of 12; the Eiffel Tower (Rome), Japan (Osaka)
+# and Everest (Peru) flip, no case flips back, and Brazil fails both ways (steered, the answer names
+# French and then Portuguese).
+EXPECTED_FLIPS = {"Rome", "Osaka", "Peru"}
 
 
 def follows(answer: str, case: dict) -> bool:
@@ -89,7 +90,7 @@ def test_steered_chain_answers_from_the_documents(answers):
     steered = sum(follows(a, c) for a, c in zip(answers["steered"], CASES))
     flips = {c["new"] for c, u, s in zip(CASES, answers["unsteered"], answers["steered"]) if follows(s, c) and not follows(u, c)}
     assert steered >= 10 and plain <= 9 and steered >= plain + 2, table
-    assert flips & EXPECTED_FLIPS, table
+    assert len(flips & EXPECTED_FLIPS) >= 2, table
 
 
 def test_poisoned_document_gains_no_emphasis(real_engine, retriever):

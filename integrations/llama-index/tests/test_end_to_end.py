@@ -8,11 +8,12 @@ With the old band head set (every head of layers 15-21, alpha 0.01):
     compact, top 1 passage:   unsteered 9/10, steered 9/10 (no room: the plain model already follows it)
     refine, top 2 passages:   unsteered 5/10, steered 6/10
     context chat, top 1:      unsteered 6/10, steered 9/10
-With the profiled head set shipped now (50 heads, alpha 0.1, chosen on short conflicts and instructions),
-compact and context chat still gain, but refine loses (unsteered 5/10, steered 3/10: the refine step over
-the second passage drifts further) and the four-turn chat below gains nothing (1/4 both ways). The
-assertions say what holds now; the refine and multi-turn losses are a known gap of the profiled set
-(its training tasks have one passage and one turn).
+With the shipped context head set (33 heads, alpha 0.01, profiled on short and long conflicts):
+    compact, top 1 passage:   unsteered 9/10, steered 10/10 (flip: Hamlet)
+    refine, top 2 passages:   unsteered 5/10, steered 3/10 (the refine step over the second passage drifts)
+    context chat, top 1:      unsteered 6/10, steered 10/10 (flips: Big Ben, Hamlet, capital of France,
+                              largest ocean); the four-turn chat below: steered 4/4, unsteered 1/4
+Refine losing is a known gap: it must not collapse.
 """
 
 from __future__ import annotations
@@ -161,8 +162,7 @@ def test_poisoned_node_gains_no_emphasis(real_core, embed_model):
 
 
 def test_context_chat_engine_over_several_turns(index, llms):
-    """One conversation, as in examples/llamaindex_chat_engine.py: 1/4 both ways with the profiled set
-    (the band set reached 4/4); steering must not make the conversation worse."""
+    """One conversation, as in examples/llamaindex_chat_engine.py: steered 4/4, unsteered 1/4 here."""
     turns = [CASES[0], CASES[4], CASES[6], CASES[5]]  # Big Ben, France, largest ocean, telephone
     counts = {}
     for name, llm in zip(("steered", "unsteered"), llms):
@@ -170,4 +170,5 @@ def test_context_chat_engine_over_several_turns(index, llms):
                                       system_prompt="Answer from the context in one short sentence.")
         counts[name] = sum(case.from_documents(engine.chat(case.question).response) for case in turns)
     print(f"\nchat over {len(turns)} turns, from the documents: {counts}")
-    assert counts["steered"] >= counts["unsteered"] >= 1
+    assert counts["steered"] > counts["unsteered"]
+    assert counts["steered"] >= 3
