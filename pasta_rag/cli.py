@@ -33,6 +33,12 @@ HeadsOption = Annotated[
     typer.Option(help="Head set JSON file ({'layer': [heads]}), or a set shipped for the model: 'context' "
                  "(retrieved passages) or 'instructions'. Default: 'context'."),
 ]
+SteerGeneratedOption = Annotated[
+    bool | None,
+    typer.Option("--steer-generated/--no-steer-generated",
+                 help="Also push down steered heads' attention to the generated tokens (fewer repeated answers). "
+                 "Default: what the head set was chosen with."),
+]
 
 
 def question_prompt(context: str, question: str, has_chat_template: bool) -> tuple[object, str]:
@@ -59,6 +65,7 @@ def ask(
         typer.Option(help="Attention scale on non-emphasized tokens (0 < alpha; smaller steers harder). "
                      "Default: the head set's own, else 0.01."),
     ] = None,
+    steer_generated: SteerGeneratedOption = None,
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 64,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
@@ -70,7 +77,7 @@ def ask(
         raise typer.BadParameter("give the context with exactly one of --context or --context-file")
     text = context if context is not None else context_file.read_text()
     try:
-        pasta = PastaModel.from_pretrained(model, heads=heads, alpha=alpha)
+        pasta = PastaModel.from_pretrained(model, heads=heads, alpha=alpha, steer_generated=steer_generated)
         marked = text if emphasis else emphasize(text)
         prompt, prompt_format = question_prompt(marked, question, bool(pasta.tokenizer.chat_template))
         answers = {
@@ -152,12 +159,14 @@ def evaluate_command(
     model: ModelOption = "default",
     heads: HeadsOption = None,
     alpha: Annotated[float | None, typer.Option(help="Alpha for pasta; default: the head set's own, else 0.01.")] = None,
+    steer_generated: SteerGeneratedOption = None,
     methods: Annotated[str, typer.Option(help="Comma-separated: none, marked, pasta, cad.")] = "none,marked,pasta,cad",
     out: Annotated[Path | None, typer.Option(help="Write the results as JSON here.")] = None,
 ) -> None:
     """Score methods on a task file: es / acc / rep per task kind (malformed lines are reported and skipped).
 
-    Without --heads and --alpha, pasta steers instruction tasks with the model's shipped 'instructions' set.
+    Without --heads, --alpha or a steer-generated flag, pasta steers instruction tasks with the model's
+    shipped 'instructions' set.
     """
     from rich.progress import Progress
 
@@ -167,10 +176,11 @@ def evaluate_command(
     examples = _read_task_file(data, "task")
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
     try:
-        pasta = PastaModel.from_pretrained(model, heads=heads, alpha=alpha)
+        pasta = PastaModel.from_pretrained(model, heads=heads, alpha=alpha, steer_generated=steer_generated)
         with Progress(console=errors) as progress:
             task = progress.add_task("evaluating", total=len(examples) * len(chosen))
-            by_task = shipped_heads_by_task(pasta) if heads is None and alpha is None else {}
+            shipped = heads is None and alpha is None and steer_generated is None
+            by_task = shipped_heads_by_task(pasta) if shipped else {}
             report = evaluate(pasta, examples, chosen, progress=lambda n: progress.advance(task, n), heads=by_task)
     except PastaError as error:
         errors.print(f"[red]error:[/red] {error}")
@@ -206,6 +216,9 @@ def profile(
     checkpoint: Annotated[
         Path | None, typer.Option(help="Progress file; a rerun resumes from it. Default: OUT with .partial.json.")
     ] = None,
+    steer_generated: Annotated[
+        bool, typer.Option(help="Choose on dev with generated tokens' keys steered too; the head set records it.")
+    ] = False,
 ) -> None:
     """Find the heads to steer: score each head alone on every task, intersect the per-task top-k, pick k on dev."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -228,12 +241,13 @@ def profile(
             dev_total = sum(len(e) for e in dev_sets.values()) * len(sizes) * len(_floats(alphas))
             choosing = progress.add_task("choosing k and alpha on dev", total=dev_total)
             ranked = choose_heads(pasta, task_scores, dev_sets, sizes, _floats(alphas), progress_file,
-                                  lambda n: progress.advance(choosing, n))
+                                  lambda n: progress.advance(choosing, n), steer_generated)
             progress.update(choosing, completed=dev_total)
     except PastaError as error:
         errors.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
-    head_set = profiled_head_set(pasta.name, task_scores, {n: len(e) for n, e in tasks.items()}, alpha, ranked)
+    head_set = profiled_head_set(pasta.name, task_scores, {n: len(e) for n, e in tasks.items()}, alpha, ranked,
+                                 steer_generated)
     out.parent.mkdir(parents=True, exist_ok=True)
     head_set.save(out)
     table = Table(title=f"{pasta.name}: candidates on dev (best first)")

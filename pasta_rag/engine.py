@@ -109,6 +109,7 @@ class PastaModel:
         *,
         heads: HeadSetLike | None = None,
         alpha: float | None = None,
+        steer_generated: bool | None = None,
         name: str | None = None,
     ):
         self.model = model
@@ -125,6 +126,9 @@ class PastaModel:
         if alpha is None:  # a head set is chosen together with its alpha; use that one unless told otherwise
             alpha = self.heads.metadata.get("alpha", DEFAULT_ALPHA) if self.heads is not None else DEFAULT_ALPHA
         self.alpha = _checked_alpha(alpha)
+        if steer_generated is None:  # likewise: the head set says whether it was chosen steering generated keys
+            steer_generated = _steers_generated(self.heads, False)
+        self.steer_generated = steer_generated
         self.pad_token_id: int = _pad_token_id(tokenizer, model)
 
     @classmethod
@@ -134,6 +138,7 @@ class PastaModel:
         *,
         heads: HeadSetLike | None = None,
         alpha: float | None = None,
+        steer_generated: bool | None = None,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         device_map: str | dict | None = None,
@@ -142,7 +147,8 @@ class PastaModel:
     ) -> PastaModel:
         """Load ``"default"`` (SmolLM2-135M-Instruct), ``"gemma3-270m"``, a .gguf file, a directory or a hub id.
 
-        ``alpha`` defaults to the head set's own (its metadata), else 0.01.
+        ``alpha`` defaults to the head set's own (its metadata), else 0.01; so does ``steer_generated``
+        (also push down attention to generated tokens in steered heads; see ``SteeringState``), else False.
         ``attn_implementation`` is the kernel to steer: ``sdpa`` (default) or ``eager``;
         ``device``, ``dtype`` and ``device_map`` mean what they mean in transformers.
         """
@@ -154,7 +160,8 @@ class PastaModel:
             attn_implementation=steered_implementation(attn_implementation),
             **model_kwargs,
         )
-        return cls(loaded.model, loaded.tokenizer, heads=heads, alpha=alpha, name=loaded.name)
+        return cls(loaded.model, loaded.tokenizer, heads=heads, alpha=alpha, steer_generated=steer_generated,
+                   name=loaded.name)
 
     # --- public API ---------------------------------------------------------------------
 
@@ -310,8 +317,8 @@ class PastaModel:
     ) -> float:
         """log p(continuation | prompt), summed over the continuation's tokens.
 
-        For chat messages the continuation is the assistant's answer. The continuation's keys are
-        never steered, as generated tokens are not.
+        For chat messages the continuation is the assistant's answer. Its keys are steered as
+        generated tokens are: only with ``steer_generated``.
         """
         call = self._prepare([prompt], None if emphasis is None else [emphasis], None if spans is None else [spans],
                              steer, heads, alpha, SamplingSettings(max_new_tokens=1))
@@ -378,7 +385,8 @@ class PastaModel:
             )
         if alpha is None:  # a per-call head set brings the alpha it was chosen with
             alpha = head_set.metadata.get("alpha", self.alpha) if heads is not None else self.alpha
-        return SteeringState(batch.emphasized, head_set, _checked_alpha(alpha), self.num_heads)
+        generated = _steers_generated(head_set, self.steer_generated) if heads is not None else self.steer_generated
+        return SteeringState(batch.emphasized, head_set, _checked_alpha(alpha), self.num_heads, generated)
 
     def resolve_heads(self, heads: HeadSetLike) -> HeadSet:
         """A head set checked against this model; ``"context"`` or ``"instructions"`` name its shipped sets."""
@@ -486,6 +494,16 @@ def _per_prompt(values: Sequence | None, count: int, what: str) -> list:
     if len(values) != count:
         raise PastaError(f"{what} must have one entry per prompt ({count}), got {len(values)}.")
     return list(values)
+
+
+def _steers_generated(head_set: HeadSet | None, default: bool) -> bool:
+    """What a head set's metadata says about steering generated keys (it was chosen one way or the other)."""
+    if head_set is None:
+        return default
+    value = head_set.metadata.get("steer_generated", default)
+    if not isinstance(value, bool):
+        raise HeadSetError(f"The head set's metadata 'steer_generated' must be true or false, got {value!r}.")
+    return value
 
 
 def _checked_alpha(alpha: float) -> float:

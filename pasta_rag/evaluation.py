@@ -42,7 +42,8 @@ class Example:
     check: dict[str, Any] | None = None
     emphasis: list[str] | None = None
     answer: str | None = None
-    """Instruction examples may give an answer that obeys and one that violates: the profiler contrasts them."""
+    """Instruction examples may give an answer that obeys and one that violates: the profiler contrasts them.
+    A conflict's answer is the complete sentence that follows the context: its stop row scores ending the turn there."""
     violation: str | None = None
 
     @property

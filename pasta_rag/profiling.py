@@ -12,6 +12,10 @@ context (``target_new``, ``answer``) and the one that ignores it
 log p(ignoring token)`` at the first token where they part. A head's task score
 is the mean gain of that margin over the unsteered model.
 
+A stop row (``stop_row``) scores the other thing steering can break: after a
+complete answer that follows the context, the log-odds that the model ends its
+turn. A head that lowers it makes the steered model repeat its answer.
+
 ``score_heads`` computes exactly what ``score_heads_plainly`` (one forward per
 head per example) computes, without the work the variants share:
 
@@ -42,6 +46,7 @@ from .engine import PastaModel
 from .errors import PastaError
 from .evaluation import Example, prompt_for
 from .heads import HeadSet
+from .prompts import PLAIN_FORMAT, PLAIN_NEXT_TURN
 from .steering import SteeringState, steering
 from .tokens import EncodedPrompt, encode, pad_left
 
@@ -57,15 +62,17 @@ class ScoringRow:
 
     input_ids: the prompt, then the tokens the two answers share.
     unbiased: per token, True where steering adds no bias: emphasized prompt tokens
-        and the shared answer tokens (answer keys are never steered, as generated ones are not).
+        and the shared answer tokens (scored the paper's way: answer keys are left alone, as generated ones are
+        without ``steer_generated``).
     first_affected: the first emphasized token; steering changes nothing before it.
+    ignoring: None scores ``obeying`` alone, by its log-odds log p - log(1 - p) (stop rows).
     """
 
     input_ids: list[int]
     unbiased: list[bool]
     first_affected: int
     obeying: int
-    ignoring: int
+    ignoring: int | None
 
 
 def contrast(example: Example) -> tuple[str, str]:
@@ -101,6 +108,42 @@ def scoring_row(model: PastaModel, example: Example) -> ScoringRow:
     )
 
 
+def stop_row(model: PastaModel, example: Example) -> ScoringRow:
+    """The prompt, then ``example.answer`` (a complete answer that follows the context), scored on ending the turn."""
+    if not example.answer:
+        raise PastaError(
+            f"Example {example.id!r} has no 'answer' field; a stop row needs the complete answer sentence "
+            "that follows the context, e.g. \"The capital of France is Rome.\""
+        )
+    rendered = model.render(prompt_for(example, "pasta").messages)
+    encoded = encode(model.tokenizer, rendered)
+    answer = model.tokenizer(example.answer, add_special_tokens=False)["input_ids"]
+    return ScoringRow(
+        input_ids=encoded.input_ids + answer,
+        unbiased=encoded.emphasized + [True] * len(answer),
+        first_affected=encoded.emphasized.index(True),
+        obeying=end_of_turn_token(model, rendered.format),
+        ignoring=None,
+    )
+
+
+def end_of_turn_token(model: PastaModel, prompt_format: str) -> int:
+    """The token that ends an assistant turn: what the chat template writes after one, or the plain format's next turn."""
+    tokenizer = model.tokenizer
+    if prompt_format == PLAIN_FORMAT:
+        return tokenizer(PLAIN_NEXT_TURN, add_special_tokens=False)["input_ids"][0]
+    answer = "Done."
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": answer}], tokenize=False
+    )
+    if answer not in text or not text[text.rindex(answer) + len(answer) :]:
+        raise PastaError(
+            f"The chat template of {model.name} writes nothing after an assistant message, so pasta-rag cannot tell "
+            "which token ends a turn; stop rows need one."
+        )
+    return tokenizer(text[text.rindex(answer) + len(answer) :], add_special_tokens=False)["input_ids"][0]
+
+
 @dataclass(frozen=True)
 class _Batch:
     """Left-padded rows: the scored position is the last one of every row."""
@@ -110,7 +153,7 @@ class _Batch:
     position_ids: torch.Tensor  # (rows, length)
     unbiased: torch.Tensor  # (rows, length) bool
     obeying: torch.Tensor  # (rows,)
-    ignoring: torch.Tensor  # (rows,)
+    ignoring: torch.Tensor  # (rows,) -1 where the row scores the log-odds of ``obeying`` alone
     first_affected: int  # the smallest first affected position over the rows, padded coordinates
 
     @classmethod
@@ -123,16 +166,20 @@ class _Batch:
             (padded.attention_mask.cumsum(-1) - 1).clamp(min=0),
             padded.emphasized,  # here: the keys steering leaves alone
             torch.tensor([row.obeying for row in rows]),
-            torch.tensor([row.ignoring for row in rows]),
+            torch.tensor([-1 if row.ignoring is None else row.ignoring for row in rows]),
             min(length - len(row.input_ids) + row.first_affected for row in rows),
         )
 
     def margin(self, logits: torch.Tensor, repeats: int = 1) -> torch.Tensor:
-        """(rows * repeats,) log p(obeying) - log p(ignoring) from last-position logits (rows * repeats, vocab)."""
+        """(rows * repeats,) log p(obeying) - log p(ignoring), or the log-odds of obeying where there is no ignoring
+        token, from last-position logits (rows * repeats, vocab)."""
         log_probs = logits.float().log_softmax(dim=-1)
         obeying = self.obeying.repeat_interleave(repeats).to(logits.device)[:, None]
         ignoring = self.ignoring.repeat_interleave(repeats).to(logits.device)[:, None]
-        return (log_probs.gather(1, obeying) - log_probs.gather(1, ignoring))[:, 0]
+        log_p = log_probs.gather(1, obeying)[:, 0]  # (rows * repeats,)
+        log_not_p = torch.log(-torch.expm1(log_p))  # log(1 - p), exact near p = 1
+        against = torch.where(ignoring[:, 0] >= 0, log_probs.gather(1, ignoring.clamp(min=0))[:, 0], log_not_p)
+        return log_p - against
 
 
 @dataclass
@@ -427,13 +474,14 @@ def profile_tasks(
     alpha: float,
     checkpoint: Checkpoint,
     progress: Progress | None = None,
+    row: Callable[[PastaModel, Example], ScoringRow] = scoring_row,
 ) -> dict[str, torch.Tensor]:
-    """``{task: (layers, heads) scores}``, resuming from (and saving to) ``checkpoint``."""
+    """``{task: (layers, heads) scores}``, resuming from (and saving to) ``checkpoint``; ``row`` scores an example."""
     task_scores = {}
     for name, examples in tasks.items():
         if not examples:
             raise PastaError(f"Profiling task {name!r} has no examples.")
-        rows = [scoring_row(model, example) for example in examples]
+        rows = [row(model, example) for example in examples]
         done = checkpoint.layers_done(name, fingerprint(model.name, rows))
         todo = [layer for layer in range(model.num_layers) if layer not in done]
         if progress and done:
@@ -489,8 +537,11 @@ def choose_heads(
     alphas: Sequence[float],
     checkpoint: Checkpoint,
     progress: Callable[[int], None] | None = None,
+    steer_generated: bool = False,
 ) -> list[Candidate]:
-    """Every distinct (top-k intersection, alpha) scored on dev, best first (ties: fewer heads)."""
+    """Every distinct (top-k intersection, alpha) scored on dev, best first (ties: fewer heads).
+
+    ``steer_generated``: the candidates generate with generated keys steered too (``SteeringState``)."""
     from .evaluation import evaluate
 
     if not dev_sets:
@@ -506,11 +557,12 @@ def choose_heads(
             continue
         seen.add(tuple(pairs))
         for alpha in alphas:
-            key = json.dumps({"heads": pairs, "alpha": alpha, "dev": dev_fingerprint})
+            key = json.dumps({"heads": pairs, "alpha": alpha, "dev": dev_fingerprint}
+                             | ({"steer_generated": True} if steer_generated else {}))
             dev = checkpoint.dev_result(key)
             if dev is None:
                 steered = PastaModel(model.model, model.tokenizer, heads=HeadSet.from_pairs(pairs), alpha=alpha,
-                                     name=model.name)
+                                     steer_generated=steer_generated, name=model.name)
                 dev = {}
                 for name, examples in dev_sets.items():
                     report = evaluate(steered, examples, ["pasta"], progress=progress, es=False)["pasta"]
@@ -531,12 +583,14 @@ def profiled_head_set(
     task_sizes: Mapping[str, int],
     profile_alpha: float,
     ranked: Sequence[Candidate],
+    steer_generated: bool = False,
 ) -> HeadSet:
     """The chosen heads, with the metadata that says how they were found (the ``--heads`` format)."""
     best = ranked[0]
     metadata = {
         "model": model_name,
         "alpha": best.alpha,
+        "steer_generated": steer_generated,
         "k": best.k,
         "method": "pasta-rag profile: one head steered at a time, log-prob margin gain per task, "
         "intersection of per-task top-k; k and alpha chosen on dev by mean(acc - rep)",

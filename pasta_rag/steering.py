@@ -47,14 +47,20 @@ class SteeringState:
 
     emphasized: (batch, prompt_len) bool, True for emphasized prompt tokens,
         in the padded coordinates of the prompt (left padding included).
-    Keys at positions >= prompt_len (generated tokens) are never steered; a
-    row without any emphasized token is not steered at all.
+    steer_generated: also add log(alpha) to the keys at positions >= prompt_len
+        (generated tokens, a scored continuation). The paper leaves them alone; then a
+        steered head that has written its answer keeps attending to it at full weight
+        while the prompt around the emphasis is pushed down, and small models repeat
+        the answer until the token limit. With it, steered heads keep reading the
+        emphasized text only.
+    A row without any emphasized token is not steered at all.
     """
 
     emphasized: torch.Tensor
     heads: HeadSet
     alpha: float
     num_heads: int
+    steer_generated: bool = False
     _head_switch: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
     _kv_offsets: dict[int, int] = field(default_factory=dict, repr=False)
     _key_bias: dict[tuple, torch.Tensor] = field(default_factory=dict, repr=False)
@@ -88,7 +94,8 @@ class SteeringState:
         self._kv_offsets[kv_length] = kv_offset
 
     def key_bias(self, kv_length: int, batch: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """(batch, kv_length): log(alpha) on non-emphasized prompt keys of steered rows, 0 elsewhere."""
+        """(batch, kv_length): log(alpha) on non-emphasized prompt keys of steered rows (and on generated keys,
+        with ``steer_generated``), 0 elsewhere."""
         if kv_length not in self._kv_offsets:
             raise SteeringError(
                 "pasta-rag could not place the keys of this attention call: the model built no attention mask "
@@ -115,7 +122,8 @@ class SteeringState:
         in_prompt = positions < prompt_len
         key_emphasized = emphasized[:, positions.clamp(max=prompt_len - 1)]  # (batch, keys)
         row_steered = emphasized.any(dim=1, keepdim=True)  # (batch, 1)
-        steered = in_prompt[None, :] & ~key_emphasized & row_steered  # (batch, keys)
+        outside = (in_prompt[None, :] & ~key_emphasized) | (self.steer_generated & ~in_prompt[None, :])
+        steered = outside & row_steered  # (batch, keys)
         return torch.where(steered, self.log_alpha, 0.0).to(dtype)
 
 

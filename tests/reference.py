@@ -25,6 +25,7 @@ class ReferenceSetup:
     emphasized: torch.Tensor  # (batch, prompt_len) bool
     heads: dict[int, set[int]]
     alpha: float
+    steer_generated: bool = False  # keys past the prompt get log(alpha) too
 
 
 _setup: ContextVar[ReferenceSetup | None] = ContextVar("reference_setup", default=None)
@@ -58,8 +59,9 @@ def reference_attention(module, query, key, value, attention_mask, scaling=None,
             if not setup.emphasized[b].any():
                 continue
             for h in setup.heads.get(module.layer_idx, ()):
-                for k in range(min(prompt_len, keys)):
-                    if not setup.emphasized[b, k]:
+                for k in range(keys):
+                    generated = k >= prompt_len
+                    if (generated and setup.steer_generated) or (not generated and not setup.emphasized[b, k]):
                         bias[b, h, :, k] = math.log(setup.alpha)
     scores = scores + bias
     scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)

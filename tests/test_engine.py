@@ -210,6 +210,21 @@ def test_a_per_call_head_set_brings_its_own_alpha():
     assert own != pytest.approx(model.score(PROMPT, " green", heads=[0]), abs=1e-4)  # not the model's 0.01
 
 
+def test_steering_generated_keys_comes_from_the_head_set_unless_given():
+    heads = {"heads": [1, 2], "metadata": {"steer_generated": True}}
+    chosen_so = PastaModel(tiny_model("llama"), char_tokenizer(), heads=heads)
+    assert chosen_so.steer_generated and not PastaModel(tiny_model("llama"), char_tokenizer(), heads=[1]).steer_generated
+    assert not PastaModel(tiny_model("llama"), char_tokenizer(), heads=heads, steer_generated=False).steer_generated
+    # the answer's keys are steered like generated ones: with it, scoring the same continuation changes
+    paper = PastaModel(chosen_so.model, chosen_so.tokenizer, heads=[1, 2], steer_generated=False)
+    assert chosen_so.score(PROMPT, " green and blue") != pytest.approx(paper.score(PROMPT, " green and blue"), abs=1e-4)
+    # a per-call head set brings its own choice, as it brings its alpha
+    per_call = paper.score(PROMPT, " green and blue", heads=heads)
+    assert per_call == pytest.approx(chosen_so.score(PROMPT, " green and blue"), abs=1e-6)
+    with pytest.raises(HeadSetError, match="steer_generated"):
+        PastaModel(tiny_model("llama"), char_tokenizer(), heads={"heads": [1], "metadata": {"steer_generated": "yes"}})
+
+
 def test_shipped_sets_are_named_by_purpose(monkeypatch):
     shipped = {"context": HeadSet.from_pairs([(1, 0)]), "instructions": HeadSet.from_pairs([(0, 1)], {"alpha": 0.3})}
     monkeypatch.setattr("pasta_rag.engine.shipped_head_set", lambda name, purpose="context": shipped[purpose])

@@ -19,16 +19,18 @@ from pasta_rag.profiling import (
     choose_heads,
     intersect_top_k,
     profile_tasks,
+    _Batch,
     profiled_head_set,
     score_heads,
     score_heads_plainly,
     scoring_row,
+    stop_row,
     top_k,
 )
 
 CONFLICTS = [
     {"id": "c1", "task": "knowledge_conflict", "context": "The tower is in Rome.", "question": "Where is it?",
-     "target_new": "Rome", "target_true": "Paris"},
+     "target_new": "Rome", "target_true": "Paris", "answer": "It is in Rome."},
     {"id": "c2", "task": "knowledge_conflict", "context": "Bob now lives in Oslo, by the sea.",
      "question": "Where does Bob live?", "target_new": "Oslo", "target_true": "Lima"},
     {"id": "c3", "task": "knowledge_conflict", "context": "Its capital is Bern.", "question": "Capital?",
@@ -63,6 +65,7 @@ def assert_same_ranking(scores: torch.Tensor, reference: torch.Tensor, tolerance
 def test_batched_scores_equal_the_plain_loop(architecture):
     model = tiny_engine(architecture)
     rows = [scoring_row(model, e) for e in examples(CONFLICTS + INSTRUCTIONS)]
+    rows.append(stop_row(model, examples(CONFLICTS)[0]))  # a log-odds row batched with margin rows
     plain = score_heads_plainly(model, rows, 0.01)
     for batch_tokens in (1, 400, 100_000):  # one row per chunk, a few, all at once
         batched = score_heads(model, rows, 0.01, batch_tokens=batch_tokens)
@@ -93,6 +96,31 @@ def test_scoring_rows_contrast_the_two_answers_after_their_shared_start():
     shared = scoring_row(model, parse_example({**CONFLICTS[0], "target_new": "Rome", "target_true": "Roma"}))
     assert shared.input_ids[-3:] == model.tokenizer.convert_tokens_to_ids(["R", "o", "m"])
     assert shared.unbiased[-3:] == [True] * 3  # answer keys are never steered
+
+
+def test_stop_rows_score_ending_the_turn_after_the_whole_answer():
+    model = tiny_engine("llama")
+    example = examples(CONFLICTS)[0]
+    row = stop_row(model, example)
+    answer = model.tokenizer("It is in Rome.", add_special_tokens=False)["input_ids"]
+    assert row.input_ids[-len(answer):] == answer and row.unbiased[-len(answer):] == [True] * len(answer)
+    assert row.obeying == model.tokenizer.convert_tokens_to_ids("\n")  # what the tiny template writes after a turn
+    assert row.ignoring is None
+    plain = PastaModel(model.model, char_tokenizer(chat_template=None), name="tiny-plain")
+    assert stop_row(plain, example).obeying == plain.tokenizer.convert_tokens_to_ids("\n")  # "\n\nUser:"
+    with pytest.raises(PastaError, match="no 'answer'"):
+        stop_row(model, examples(CONFLICTS)[1])
+
+
+def test_a_row_without_an_ignoring_token_scores_log_odds():
+    model = tiny_engine("llama")
+    rows = [stop_row(model, examples(CONFLICTS)[0]), scoring_row(model, examples(CONFLICTS)[1])]
+    batch = _Batch.of(rows, model.pad_token_id)
+    logits = torch.randn(2, model.model.config.vocab_size)
+    log_probs = logits.log_softmax(-1)
+    p = log_probs[0, rows[0].obeying].exp()
+    expected = [torch.log(p / (1 - p)), log_probs[1, rows[1].obeying] - log_probs[1, rows[1].ignoring]]
+    torch.testing.assert_close(batch.margin(logits), torch.stack(expected))
 
 
 def test_scoring_rows_explain_unusable_examples():
@@ -190,6 +218,14 @@ def test_choosing_on_dev_writes_a_head_set_the_model_accepts(tmp_path):
     evaluated = len(checkpoint.data["dev"])
     choose_heads(model, scores, {"dev": examples(CONFLICTS[1:])}, [3], [0.01], checkpoint)
     assert len(checkpoint.data["dev"]) == evaluated + 1  # other dev data: evaluated afresh, not read back
+    # candidates generating with generated keys steered are other results, and the head set says so
+    generated = choose_heads(model, scores, {"dev": examples(CONFLICTS[1:])}, [3], [0.01], checkpoint,
+                             steer_generated=True)
+    assert len(checkpoint.data["dev"]) == evaluated + 2
+    profiled_head_set(model.name, scores, {n: len(e) for n, e in tasks.items()}, 0.01, generated,
+                      steer_generated=True).save(tmp_path / "generated.json")
+    assert PastaModel(model.model, model.tokenizer, heads=tmp_path / "generated.json").steer_generated
+    assert steered.steer_generated is False
 
 
 def test_profile_command_on_a_tiny_model(tmp_path):

@@ -34,18 +34,19 @@ def prompt_batch(seed: int = 1):
     return input_ids, padding, emphasized
 
 
-def reference_logits(model, input_ids, padding, emphasized, heads=HEADS):
+def reference_logits(model, input_ids, padding, emphasized, heads=HEADS, steer_generated=False):
     implementation = model.config._attn_implementation
     model.set_attn_implementation(REFERENCE)
     try:
-        with torch.no_grad(), reference_setup(ReferenceSetup(padding, emphasized, heads, ALPHA)):
+        with torch.no_grad(), reference_setup(ReferenceSetup(padding, emphasized, heads, ALPHA, steer_generated)):
             return model(input_ids=input_ids, attention_mask=padding).logits
     finally:
         model.set_attn_implementation(implementation)
 
 
-def steered_logits(model, input_ids, padding, emphasized, heads=None):
-    state = SteeringState(emphasized, head_set() if heads is None else heads, ALPHA, model.config.num_attention_heads)
+def steered_logits(model, input_ids, padding, emphasized, heads=None, steer_generated=False):
+    state = SteeringState(emphasized, head_set() if heads is None else heads, ALPHA, model.config.num_attention_heads,
+                          steer_generated)
     with torch.no_grad(), steering(state):
         return model(input_ids=input_ids, attention_mask=padding).logits
 
@@ -74,12 +75,13 @@ def test_unpadded_prefill_keeps_is_causal_path_and_matches(architecture):
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
-def test_cached_greedy_generation_matches_full_recompute(architecture):
+@pytest.mark.parametrize("steer_generated", [False, True])
+def test_cached_greedy_generation_matches_full_recompute(architecture, steer_generated):
     """generate() with the KV cache steps past the sliding window and must pick the reference's tokens."""
     model = tiny_model(architecture)
     input_ids, padding, emphasized = prompt_batch()
     new_tokens = 8
-    state = SteeringState(emphasized, head_set(), ALPHA, model.config.num_attention_heads)
+    state = SteeringState(emphasized, head_set(), ALPHA, model.config.num_attention_heads, steer_generated)
     with torch.no_grad(), steering(state):
         generated = model.generate(
             input_ids=input_ids, attention_mask=padding, max_new_tokens=new_tokens, do_sample=False,
@@ -87,7 +89,7 @@ def test_cached_greedy_generation_matches_full_recompute(architecture):
         )
     sequence, mask = input_ids, padding
     for _ in range(new_tokens):
-        logits = reference_logits(model, sequence, mask, emphasized)
+        logits = reference_logits(model, sequence, mask, emphasized, steer_generated=steer_generated)
         next_token = logits[:, -1].argmax(dim=-1, keepdim=True)
         sequence = torch.cat([sequence, next_token], dim=1)
         mask = torch.cat([mask, torch.ones_like(next_token)], dim=1)
@@ -149,6 +151,26 @@ def test_generated_keys_are_not_steered():
     actual = steered_logits(model, input_ids[:1], None, emphasized)
     expected = reference_logits(model, input_ids[:1], torch.ones(1, 14), emphasized)
     assert (actual - expected).abs().max() < TOLERANCE
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_generated_keys_are_steered_when_asked(architecture):
+    """steer_generated: a continuation's keys get log(alpha) too, in prefill and in a cached decode step."""
+    model = tiny_model(architecture)
+    input_ids, padding, emphasized = prompt_batch()
+    prompt_len = 9
+    emphasized = emphasized[:, :prompt_len]
+    expected = reference_logits(model, input_ids, padding, emphasized, steer_generated=True)
+    actual = steered_logits(model, input_ids, padding, emphasized, steer_generated=True)
+    real = padding.bool()
+    assert (actual[real] - expected[real]).abs().max() < TOLERANCE
+    paper = steered_logits(model, input_ids, padding, emphasized)
+    assert (paper[real] - actual[real]).abs().max() > 100 * TOLERANCE, "the generated keys' bias must matter"
+    state = SteeringState(emphasized, head_set(), ALPHA, model.config.num_attention_heads, steer_generated=True)
+    with torch.no_grad(), steering(state):
+        first = model(input_ids=input_ids[:, :-1], attention_mask=padding[:, :-1], use_cache=True)
+        step = model(input_ids=input_ids[:, -1:], attention_mask=padding, cache=first.cache).logits[:, -1]
+    assert (step - expected[:, -1]).abs().max() < TOLERANCE
 
 
 def test_threads_keep_their_own_state():

@@ -14,6 +14,8 @@ With the shipped context head set (33 heads, alpha 0.01, profiled on short and l
     context chat, top 1:      unsteered 6/10, steered 10/10 (flips: Big Ben, Hamlet, capital of France,
                               largest ocean); the four-turn chat below: steered 4/4, unsteered 1/4
 Refine losing is a known gap: it must not collapse.
+These figures are for the 33-head set shipped before (the paper's steering); the shipped set is now
+22 heads with steer_generated, and the assertions below pass with it (not re-counted per query).
 """
 
 from __future__ import annotations
