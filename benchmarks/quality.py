@@ -66,6 +66,7 @@ def main() -> None:
         "model": model.name,
         "head_sets": {
             task: {"heads": len(head_set), "alpha": head_set.metadata.get("alpha", model.alpha),
+                   "steer_generated": head_set.metadata.get("steer_generated", model.steer_generated),
                    "tasks": list(head_set.metadata.get("tasks", {}))}
             for task, head_set in head_sets.items() if head_set is not None
         },

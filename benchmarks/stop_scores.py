@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import torch
 
 from pasta_rag import PastaModel
+from pasta_rag.bench import machine
 from pasta_rag.evaluation import read_examples
 from pasta_rag.profiling import Checkpoint, profile_tasks, stop_row
 
@@ -54,8 +53,7 @@ def main() -> None:
         },
         "n": {name: len(examples) for name, examples in tasks.items()},
         "seconds": round(time.perf_counter() - started, 1),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, float32",
+        "machine": f"{machine(str(model.device))}, {torch.get_num_threads()} threads, float32",
         "command": "python benchmarks/stop_scores.py --model " + args.model
         + "".join(f" --train {path}" for path in args.train) + f" --out {args.out}",
     }

@@ -136,12 +136,13 @@ def end_of_turn_token(model: PastaModel, prompt_format: str) -> int:
     text = tokenizer.apply_chat_template(
         [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": answer}], tokenize=False
     )
-    if answer not in text or not text[text.rindex(answer) + len(answer) :]:
+    after = text[text.rindex(answer) + len(answer) :] if answer in text else ""
+    if not after:
         raise PastaError(
             f"The chat template of {model.name} writes nothing after an assistant message, so pasta-rag cannot tell "
             "which token ends a turn; stop rows need one."
         )
-    return tokenizer(text[text.rindex(answer) + len(answer) :], add_special_tokens=False)["input_ids"][0]
+    return tokenizer(after, add_special_tokens=False)["input_ids"][0]
 
 
 @dataclass(frozen=True)
