@@ -247,3 +247,10 @@ def test_profile_command_on_a_tiny_model(tmp_path):
     assert set(saved["metadata"]["head_scores"]) == {"conflicts", "json"}
     assert saved["metadata"]["alpha"] == 0.1 and saved["heads"]
     assert (tmp_path / "heads.partial.json").exists()
+    assert saved["metadata"]["steer_generated"] is False
+    generated = CliRunner().invoke(app, [
+        "profile", "--model", str(folder), "--train", str(files["conflicts"]), "--train", str(files["json"]),
+        "--dev", str(files["conflicts"]), "--out", str(out), "--ks", "4,8", "--alphas", "0.1", "--steer-generated",
+    ])
+    assert generated.exit_code == 0, generated.output
+    assert json.loads(out.read_text())["metadata"]["steer_generated"] is True
