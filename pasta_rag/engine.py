@@ -128,7 +128,7 @@ class PastaModel:
         self.alpha = _checked_alpha(alpha)
         if steer_generated is None:  # likewise: the head set says whether it was chosen steering generated keys
             steer_generated = _steers_generated(self.heads, False)
-        self.steer_generated = steer_generated
+        self.steer_generated = _checked_steer_generated(steer_generated)
         self.pad_token_id: int = _pad_token_id(tokenizer, model)
 
     @classmethod
@@ -180,14 +180,17 @@ class PastaModel:
         steer: bool = True,
         heads: HeadSetLike | None = None,
         alpha: float | None = None,
+        steer_generated: bool | None = None,
         **sampling: Unpack[SamplingKwargs],
     ) -> Generation:
         """Generate from one prompt: a string (completion) or chat messages (the model's chat template).
 
         Emphasis comes as markers in the prompt (``emphasize``), ``emphasis`` substrings of the final
         prompt (every occurrence), or character ``spans`` of it; all are one union. ``steer=False``
-        runs the plain model. Decoding keywords: max_new_tokens (256), min_new_tokens, temperature
-        (0 = greedy), top_p, top_k, repetition_penalty, stop (strings, any number of tokens), seed.
+        runs the plain model. ``alpha`` and ``steer_generated`` override the model's (or the per-call
+        ``heads``' own) for this call only, so one loaded model can compare both. Decoding keywords:
+        max_new_tokens (256), min_new_tokens, temperature (0 = greedy), top_p, top_k,
+        repetition_penalty, stop (strings, any number of tokens), seed.
         """
         settings = SamplingSettings(**sampling)
         return self.generate_batch(
@@ -197,6 +200,7 @@ class PastaModel:
             steer=steer,
             heads=heads,
             alpha=alpha,
+            steer_generated=steer_generated,
             settings=settings,
         )[0]
 
@@ -209,12 +213,13 @@ class PastaModel:
         steer: bool = True,
         heads: HeadSetLike | None = None,
         alpha: float | None = None,
+        steer_generated: bool | None = None,
         settings: SamplingSettings | None = None,
         **setting_kwargs: Any,
     ) -> list[Generation]:
         """Generate for several prompts in one left-padded batch; ``emphasis`` / ``spans`` are per prompt."""
         settings = settings or SamplingSettings(**setting_kwargs)
-        call = self._prepare(prompts, emphasis, spans, steer, heads, alpha, settings)
+        call = self._prepare(prompts, emphasis, spans, steer, heads, alpha, steer_generated, settings)
         if settings.seed is not None:
             torch.manual_seed(settings.seed)
         stopper = StopOnText(self.tokenizer, call.batch.prompt_len, settings.stop)
@@ -236,6 +241,7 @@ class PastaModel:
         steer: bool = True,
         heads: HeadSetLike | None = None,
         alpha: float | None = None,
+        steer_generated: bool | None = None,
         **sampling: Unpack[SamplingKwargs],
     ) -> TextStream:
         """The answer as it is generated, token by token; joined, it equals ``generate(...).text``.
@@ -252,6 +258,7 @@ class PastaModel:
             steer,
             heads,
             alpha,
+            steer_generated,
             settings,
         )
         stream = TextStream()
@@ -314,6 +321,7 @@ class PastaModel:
         steer: bool = True,
         heads: HeadSetLike | None = None,
         alpha: float | None = None,
+        steer_generated: bool | None = None,
     ) -> float:
         """log p(continuation | prompt), summed over the continuation's tokens.
 
@@ -321,7 +329,7 @@ class PastaModel:
         generated tokens are: only with ``steer_generated``.
         """
         call = self._prepare([prompt], None if emphasis is None else [emphasis], None if spans is None else [spans],
-                             steer, heads, alpha, SamplingSettings(max_new_tokens=1))
+                             steer, heads, alpha, steer_generated, SamplingSettings(max_new_tokens=1))
         answer = self.tokenizer(continuation, add_special_tokens=False)["input_ids"]
         if not answer:
             raise PastaError("The continuation to score is empty.")
@@ -346,6 +354,7 @@ class PastaModel:
         steer: bool,
         heads: HeadSetLike | None,
         alpha: float | None,
+        steer_generated: bool | None,
         settings: SamplingSettings,
     ) -> _Call:
         if isinstance(prompts, str) or not prompts:
@@ -361,13 +370,20 @@ class PastaModel:
         batch = pad_left(encoded, self.pad_token_id)
         self._check_window(batch.prompt_len, settings.max_new_tokens)
         config = settings.generation_config(self.model.generation_config, self.pad_token_id)
-        state = self._steering_state(batch, steer, heads, alpha)
+        state = self._steering_state(batch, steer, heads, alpha, steer_generated)
         rows = [bool(state is not None and state.emphasized[i].any()) for i in range(len(prompts))]
         return _Call(batch, state, config, rows)
 
     def _steering_state(
-        self, batch: PromptBatch, steer: bool, heads: HeadSetLike | None, alpha: float | None
+        self,
+        batch: PromptBatch,
+        steer: bool,
+        heads: HeadSetLike | None,
+        alpha: float | None,
+        steer_generated: bool | None,
     ) -> SteeringState | None:
+        if steer_generated is not None:  # checked even when nothing is steered, so bad input always says so
+            _checked_steer_generated(steer_generated)
         if not steer:
             return None
         if not batch.emphasized.any():
@@ -385,8 +401,11 @@ class PastaModel:
             )
         if alpha is None:  # a per-call head set brings the alpha it was chosen with
             alpha = head_set.metadata.get("alpha", self.alpha) if heads is not None else self.alpha
-        generated = _steers_generated(head_set, self.steer_generated) if heads is not None else self.steer_generated
-        return SteeringState(batch.emphasized, head_set, _checked_alpha(alpha), self.num_heads, generated)
+        if steer_generated is None:  # and its choice of steering generated keys
+            steer_generated = (
+                _steers_generated(head_set, self.steer_generated) if heads is not None else self.steer_generated
+            )
+        return SteeringState(batch.emphasized, head_set, _checked_alpha(alpha), self.num_heads, steer_generated)
 
     def resolve_heads(self, heads: HeadSetLike) -> HeadSet:
         """A head set checked against this model; ``"context"`` or ``"instructions"`` name its shipped sets."""
@@ -510,6 +529,14 @@ def _checked_alpha(alpha: float) -> float:
     if not alpha > 0:
         raise SteeringError(f"alpha must be > 0 (the paper uses 0.01; smaller steers harder), got {alpha}.")
     return float(alpha)
+
+
+def _checked_steer_generated(steer_generated: Any) -> bool:
+    if not isinstance(steer_generated, bool):
+        raise SteeringError(
+            f"steer_generated must be True, False or None (None: the head set's choice), got {steer_generated!r}."
+        )
+    return steer_generated
 
 
 def _eos_ids(config: GenerationConfig) -> set[int]:

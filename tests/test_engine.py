@@ -15,6 +15,7 @@ from pasta_rag import (
     HeadSet,
     HeadSetError,
     PastaModel,
+    SamplingSettings,
     SteeringError,
     emphasize,
 )
@@ -223,6 +224,49 @@ def test_steering_generated_keys_comes_from_the_head_set_unless_given():
     assert per_call == pytest.approx(chosen_so.score(PROMPT, " green and blue"), abs=1e-6)
     with pytest.raises(HeadSetError, match="steer_generated"):
         PastaModel(tiny_model("llama"), char_tokenizer(), heads={"heads": [1], "metadata": {"steer_generated": "yes"}})
+
+
+def test_steering_generated_keys_can_be_chosen_per_call():
+    paper = PastaModel(tiny_model("llama"), char_tokenizer(), heads=[1, 2])
+    chosen_so = PastaModel(paper.model, paper.tokenizer, heads=[1, 2], steer_generated=True)
+    answer = " green and blue"
+    # per call it is what the constructor argument is: same score, same greedy tokens, same stream
+    per_call = paper.score(PROMPT, answer, steer_generated=True)
+    assert per_call == pytest.approx(chosen_so.score(PROMPT, answer), abs=1e-6)
+    assert per_call != pytest.approx(paper.score(PROMPT, answer), abs=1e-4)
+    generated = paper.generate(PROMPT, max_new_tokens=12, steer_generated=True).text
+    assert generated == chosen_so.generate(PROMPT, max_new_tokens=12).text
+    assert generated != paper.generate(PROMPT, max_new_tokens=12).text  # the default (False) answers otherwise
+    assert "".join(paper.stream(PROMPT, max_new_tokens=12, steer_generated=True)) == generated
+    batch = paper.generate_batch([PROMPT, PROMPT], max_new_tokens=12, steer_generated=True)
+    assert [g.text for g in batch] == [generated, generated]
+    # ... and it works both ways, over the model's and over a per-call head set's choice
+    assert chosen_so.score(PROMPT, answer, steer_generated=False) == pytest.approx(
+        paper.score(PROMPT, answer), abs=1e-6)
+    heads = {"heads": [1, 2], "metadata": {"steer_generated": True}}
+    assert paper.score(PROMPT, answer, heads=heads, steer_generated=False) == pytest.approx(
+        paper.score(PROMPT, answer), abs=1e-6)
+    settings = SamplingSettings(max_new_tokens=1)
+
+    def state(model: PastaModel, **kwargs):
+        return model._prepare([PROMPT], None, None, True, kwargs.pop("heads", None), None,
+                              kwargs.pop("steer_generated", None), settings).state
+
+    assert state(paper, steer_generated=True).steer_generated is True
+    assert state(chosen_so, steer_generated=False).steer_generated is False
+    # None keeps today's choice: the model's, or a per-call head set's own
+    assert state(paper).steer_generated is False and state(chosen_so).steer_generated is True
+    assert state(paper, heads=heads).steer_generated is True
+    assert state(chosen_so, heads=[1, 2]).steer_generated is True  # a set without the metadata: the model's
+    for bad in ("yes", 1, 0.0):
+        with pytest.raises(SteeringError, match="steer_generated must be True, False or None"):
+            paper.generate(PROMPT, max_new_tokens=2, steer_generated=bad)
+    with pytest.raises(SteeringError, match="steer_generated"):
+        paper.stream(PROMPT, max_new_tokens=2, steer_generated="no")
+    with pytest.raises(SteeringError, match="steer_generated"):
+        paper.score(PROMPT, answer, steer_generated=1)
+    with pytest.raises(SteeringError, match="steer_generated"):
+        PastaModel(paper.model, paper.tokenizer, heads=[1, 2], steer_generated="yes")
 
 
 def test_shipped_sets_are_named_by_purpose(monkeypatch):

@@ -20,7 +20,7 @@ from pasta_rag import Generation, PastaModel, SamplingSettings, has_markers, str
 from pasta_rag.errors import PastaError
 from pasta_rag.heads import HeadSet
 from pasta_rag.prompts import Prompt
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 # --- loading -------------------------------------------------------------------------------
 
@@ -33,8 +33,8 @@ def load_engine(model: str | os.PathLike = "default", **load_kwargs: Any) -> Pas
 
     Every ChatPasta / PastaLLM created with the same name (and the same loading options) gets
     the same ``PastaModel``: a chain that builds several model objects, or a test suite that
-    builds one per test, loads the weights once. Head set and alpha are not loading options:
-    they are applied per call, so instances with different head sets still share the weights.
+    builds one per test, loads the weights once. Head set, alpha and steer_generated are not loading
+    options: they are applied per call, so instances with different head sets still share the weights.
     """
     key = (os.fspath(model), tuple(sorted((k, repr(v)) for k, v in load_kwargs.items())))
     with _ENGINES_LOCK:
@@ -56,6 +56,7 @@ CALL_OPTIONS = frozenset(
         "steer",
         "heads",
         "alpha",
+        "steer_generated",
         "temperature",
         "max_tokens",
         "max_new_tokens",
@@ -90,6 +91,10 @@ class PastaFields(BaseModel):
     alpha: float | None = None
     """Attention scale of non-emphasized prompt tokens in the steered heads (0 < alpha <= 1, smaller
     steers harder). None: the alpha the head set was chosen with (else 0.01, the paper's)."""
+    steer_generated: StrictBool | None = None
+    """Also push down, in the steered heads, attention to the tokens generated so far (the paper leaves
+    them alone; small models then tend to repeat themselves). None: what the head set was chosen with
+    (else False)."""
     steer: bool = True
     """False runs the plain model even when text is emphasized (for side-by-side comparisons)."""
 
@@ -130,7 +135,7 @@ class PastaFields(BaseModel):
             raise ValueError(
                 f"{cls.__name__} got unknown parameter(s) {unknown}. Generation settings are "
                 "temperature, max_tokens, top_p, top_k, repetition_penalty, stop, seed; steering settings are "
-                "heads, alpha, steer; loading options go in model_kwargs."
+                "heads, alpha, steer_generated, steer; loading options go in model_kwargs."
             )
         return values
 
@@ -198,6 +203,7 @@ class PastaFields(BaseModel):
         steer = bool(options.get("steer", self.steer)) and emphasized
         heads = options.get("heads", self.heads)
         alpha = options.get("alpha", self.alpha)
+        steer_generated = options.get("steer_generated", self.steer_generated)  # the core checks it
         return CoreRequest(
             prompt=prompt,
             emphasis=options["emphasis"],
@@ -205,6 +211,7 @@ class PastaFields(BaseModel):
             steer=steer,
             heads=_resolved_heads(heads, self._engine) if heads is not None else None,
             alpha=alpha,
+            steer_generated=steer_generated,
             settings=self._sampling(stop, options),
         )
 
@@ -225,6 +232,7 @@ class PastaFields(BaseModel):
             steer=any(r.steer for r in requests),
             heads=first.heads,
             alpha=first.alpha,
+            steer_generated=first.steer_generated,
             settings=first.settings,
         )
 
@@ -237,6 +245,7 @@ class PastaFields(BaseModel):
             steer=request.steer,
             heads=request.heads,
             alpha=request.alpha,
+            steer_generated=request.steer_generated,
             max_new_tokens=request.settings.max_new_tokens,
             temperature=request.settings.temperature,
             top_p=request.settings.top_p,
@@ -270,6 +279,9 @@ class PastaFields(BaseModel):
             "model_name": self.model_name,
             "heads": _describe_heads(self.heads, self._engine),
             "alpha": self.alpha if self.alpha is not None else self._engine.alpha,
+            "steer_generated": (
+                self.steer_generated if self.steer_generated is not None else self._engine.steer_generated
+            ),
             "steer": self.steer,
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
@@ -297,14 +309,16 @@ class CoreRequest:
     steer: bool
     heads: HeadSet | None
     alpha: float | None
+    steer_generated: bool | None
     settings: SamplingSettings
 
     def key(self) -> str:
-        return repr((self.prompt, self.emphasis, self.spans, self.steer, self.heads, self.alpha, self.settings))
+        return repr((self.prompt, self.emphasis, self.spans, self.steer, self.heads, self.alpha, self.steer_generated,
+                     self.settings))
 
     def batch_key(self) -> str:
         """Requests with the same batch key can share one generate_batch call."""
-        return repr((self.heads, self.alpha, self.settings))
+        return repr((self.heads, self.alpha, self.steer_generated, self.settings))
 
 
 # --- batching through LangChain's own batch machinery --------------------------------------

@@ -314,6 +314,58 @@ def test_custom_heads_and_alpha(tiny_engine):
     assert custom._identifying_params["heads"].startswith("custom: 2 heads")
 
 
+def spy_steer_generated(engine: PastaModel, monkeypatch) -> list[tuple[str, Any]]:
+    """Records (method, steer_generated) of every generate_batch / stream call the engine gets."""
+    calls: list[tuple[str, Any]] = []
+    generate_batch, stream = engine.generate_batch, engine.stream
+
+    def spy_generate_batch(prompts, **kwargs):
+        calls.append(("generate_batch", kwargs["steer_generated"]))
+        return generate_batch(prompts, **kwargs)
+
+    def spy_stream(prompt, **kwargs):
+        calls.append(("stream", kwargs["steer_generated"]))
+        return stream(prompt, **kwargs)
+
+    monkeypatch.setattr(engine, "generate_batch", spy_generate_batch)
+    monkeypatch.setattr(engine, "stream", spy_stream)
+    return calls
+
+
+def test_steer_generated_field_and_call_option_reach_the_core(tiny_engine, monkeypatch):
+    marked = [HumanMessage(f"Context: {emphasize('The tower is in Rome.')} Where?")]
+    core = [{"role": "user", "content": marked[0].content}]
+    default, expected = core_text(tiny_engine, core), core_text(tiny_engine, core, steer_generated=True)
+    calls = spy_steer_generated(tiny_engine, monkeypatch)
+    chat = ChatPasta(model=tiny_engine, max_tokens=6)
+    chosen = ChatPasta(model=tiny_engine, max_tokens=6, steer_generated=True)
+    assert chat.invoke(marked).content == default
+    assert chosen.invoke(marked).content == expected
+    assert "".join(c.content for c in chosen.stream(marked)) == expected
+    assert chat.invoke(marked, steer_generated=True).content == expected
+    assert chat.bind(steer_generated=True).invoke(marked).content == expected
+    assert "".join(c.content for c in chat.stream(marked, steer_generated=True)) == expected
+    chosen.invoke(marked, steer_generated=False)
+    assert calls == [("generate_batch", None), ("generate_batch", True), ("stream", True),
+                     ("generate_batch", True), ("generate_batch", True), ("stream", True),
+                     ("generate_batch", False)]
+    # shown resolved, as alpha is; and requests that differ in it are never batched together
+    assert chat._identifying_params["steer_generated"] is tiny_engine.steer_generated is False
+    assert chosen._identifying_params["steer_generated"] is True
+    requests = [chat._request(marked, None, {"steer_generated": value}) for value in (None, True, False)]
+    assert len({r.batch_key() for r in requests}) == len({r.key() for r in requests}) == 3
+
+
+def test_bad_steer_generated_is_a_clear_error(chat, tiny_engine):
+    with pytest.raises(ValidationError, match="steer_generated"):
+        ChatPasta(model=tiny_engine, steer_generated="maybe")
+    for bad in ("yes", 1):
+        with pytest.raises(ValueError, match="steer_generated must be True, False or None"):
+            chat.invoke(MESSAGES, steer_generated=bad)
+    with pytest.raises(ValueError, match="steer_generated must be True, False or None"):
+        "".join(c.content for c in chat.stream(MESSAGES, steer_generated="no"))
+
+
 @pytest.mark.parametrize(
     "params, message",
     [

@@ -74,6 +74,24 @@ def test_stream_stop_and_callbacks(llm, tiny_engine):
     assert asyncio.run(streaming.ainvoke(PROMPT)) == full
 
 
+def test_steer_generated_field_and_call_option(llm, tiny_engine, monkeypatch):
+    expected = tiny_engine.generate(MARKED, max_new_tokens=8, steer_generated=True).text
+    seen: list[Any] = []
+    generate_batch, stream = tiny_engine.generate_batch, tiny_engine.stream
+    monkeypatch.setattr(tiny_engine, "generate_batch",
+                        lambda p, **k: seen.append(k["steer_generated"]) or generate_batch(p, **k))
+    monkeypatch.setattr(tiny_engine, "stream", lambda p, **k: seen.append(k["steer_generated"]) or stream(p, **k))
+    chosen = PastaLLM(model=tiny_engine, max_tokens=8, steer_generated=True)
+    assert chosen.invoke(MARKED) == "".join(chosen.stream(MARKED)) == expected
+    assert llm.invoke(MARKED, steer_generated=True) == "".join(llm.stream(MARKED, steer_generated=True)) == expected
+    assert seen == [True, True, True, True]
+    assert chosen._identifying_params["steer_generated"] is True
+    with pytest.raises(ValidationError, match="steer_generated"):
+        PastaLLM(model=tiny_engine, steer_generated="maybe")
+    with pytest.raises(ValueError, match="steer_generated must be True, False or None"):
+        llm.invoke(MARKED, steer_generated="yes")
+
+
 def test_errors(llm, tiny_engine):
     with pytest.raises(ValidationError, match="unknown parameter"):
         PastaLLM(model=tiny_engine, max_lenght=3)

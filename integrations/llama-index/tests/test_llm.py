@@ -147,6 +147,39 @@ def test_per_call_options_reach_the_core(tiny_core, spy):
     assert kwargs["alpha"] == 0.1
 
 
+def test_steer_generated_field_and_option_reach_the_core(tiny_core, spy):
+    marked = f"Context: {emphasize('The tower is in Rome.')} Where is it?"
+    chat = [ChatMessage(role=MessageRole.USER, content=marked)]
+    llm = make_llm(tiny_core, steer_generated=True)
+    assert llm.to_dict()["steer_generated"] is True
+    llm.complete(marked)
+    llm.chat(chat)
+    "".join(c.delta for c in llm.stream_complete(marked))
+    "".join(c.delta for c in llm.stream_chat(chat))
+
+    async def run() -> None:
+        await llm.acomplete(marked)
+        await llm.achat(chat)
+        await collect(await llm.astream_complete(marked))
+        await collect(await llm.astream_chat(chat))
+
+    asyncio.run(run())
+    assert [call.kwargs["steer_generated"] for call in spy.calls] == [True] * 8
+    steered = spy.calls[0].output
+    assert [call.output for call in spy.calls[::2]] == [steered] * 4  # complete, and its stream / async twins
+    plain = make_llm(tiny_core)
+    plain.complete(marked)
+    assert spy.calls[-1].kwargs["steer_generated"] is None  # the model's (or head set's) choice
+    plain.complete(marked, steer_generated=True)
+    assert spy.calls[-1].kwargs["steer_generated"] is True and spy.calls[-1].output == steered
+    llm.chat(chat, steer_generated=False)
+    assert spy.calls[-1].kwargs["steer_generated"] is False
+    with pytest.raises(ValueError, match="steer_generated must be True, False or None"):
+        plain.complete(marked, steer_generated="yes")
+    with pytest.raises(ValueError, match="steer_generated"):
+        make_llm(tiny_core, steer_generated="maybe")
+
+
 def test_unsteered_passthrough_when_nothing_is_emphasized(tiny_core, spy):
     llm = make_llm(tiny_core)
     with warnings.catch_warnings():

@@ -38,6 +38,7 @@ from llama_index.core.llms.custom import CustomLLM
 from llama_index.core.llms.llm import default_completion_to_prompt
 from llama_index.core.prompts.base import BasePromptTemplate
 from llama_index.core.types import Model
+from pydantic import StrictBool
 
 from pasta_rag import Generation, PastaModel, emphasize, has_markers, strip_markers
 
@@ -58,6 +59,7 @@ CALL_OPTIONS = frozenset(
         "steer",
         "heads",
         "alpha",
+        "steer_generated",
         "emphasis",
     }
 )
@@ -137,6 +139,11 @@ class PastaLLM(CustomLLM):
     )
     alpha: float | None = Field(
         default=None, gt=0.0, description="Attention scale for non-emphasized tokens (paper: 0.01). None: model's."
+    )
+    steer_generated: StrictBool | None = Field(
+        default=None,
+        description="Also push down attention to the generated tokens in the steered heads (the paper does not; "
+        "small models then repeat less). None: what the head set was chosen with, else False.",
     )
     emphasize_context: bool = Field(
         default=True,
@@ -431,6 +438,7 @@ class PastaLLM(CustomLLM):
             "steer": self.steer,
             "heads": self.heads,
             "alpha": self.alpha,
+            "steer_generated": self.steer_generated,
             "emphasis": None,
         }
         options.update(kwargs)
