@@ -56,6 +56,8 @@ def test_shipped_head_sets_fit_their_models(name, layers, heads):
         shipped = shipped_head_set(name, purpose)
         assert shipped is not None and "method" in shipped.metadata, purpose
         assert len(shipped.resolve(layers, heads)) > 0
+        # stated, never inherited: a set without it would take the model's (its context set's) choice
+        assert isinstance(shipped.metadata.get("steer_generated"), bool), purpose
     assert shipped_head_set(name) == shipped_head_set(name, "context")
     assert shipped_head_set(name, "context") != shipped_head_set(name, "instructions")
     assert shipped_head_set("no-such-model") is None
