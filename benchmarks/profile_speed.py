@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import torch
 
 from pasta_rag import PastaModel
+from pasta_rag.bench import machine
 from pasta_rag.evaluation import read_examples
 from pasta_rag.profiling import Checkpoint, profile_tasks, score_heads_plainly, scoring_row
 
@@ -63,8 +62,7 @@ def main() -> None:
     }
     report = {
         "model": model.name,
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads, float32",
+        "machine": f"{machine(str(model.device))}, {torch.get_num_threads()} threads, float32",
         "heads": model.num_layers * model.num_heads,
         "tasks": {name: len(examples) for name, examples in tasks.items()},
         "batched_s": round(batched_s, 1),

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import torch
 from rich.progress import Progress
 
 from pasta_rag import PastaModel
+from pasta_rag.bench import machine
 from pasta_rag.evaluation import evaluate, read_examples, shipped_heads_by_task
 
 SETS = ("conflicts", "conflicts_long", "control", "json", "pronouns")
@@ -70,8 +69,7 @@ def main() -> None:
                    "tasks": list(head_set.metadata.get("tasks", {}))}
             for task, head_set in head_sets.items() if head_set is not None
         },
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, float32",
+        "machine": f"{machine(str(model.device))}, {torch.get_num_threads()} threads, float32",
         "command": f"python benchmarks/quality.py --model {args.model} --split {args.split} --out {args.out}"
         + (f" --heads {args.heads}" if args.heads else ""),
     })

@@ -358,7 +358,7 @@ def test_steer_generated_field_and_call_option_reach_the_core(tiny_engine, monke
 
 def test_bad_steer_generated_is_a_clear_error(chat, tiny_engine):
     with pytest.raises(ValidationError, match="steer_generated"):
-        ChatPasta(model=tiny_engine, steer_generated="maybe")
+        ChatPasta(model=tiny_engine, steer_generated="yes")  # a lax bool would take "yes" as True
     for bad in ("yes", 1):
         with pytest.raises(ValueError, match="steer_generated must be True, False or None"):
             chat.invoke(MESSAGES, steer_generated=bad)

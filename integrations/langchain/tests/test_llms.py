@@ -87,7 +87,7 @@ def test_steer_generated_field_and_call_option(llm, tiny_engine, monkeypatch):
     assert seen == [True, True, True, True]
     assert chosen._identifying_params["steer_generated"] is True
     with pytest.raises(ValidationError, match="steer_generated"):
-        PastaLLM(model=tiny_engine, steer_generated="maybe")
+        PastaLLM(model=tiny_engine, steer_generated="yes")  # a lax bool would take "yes" as True
     with pytest.raises(ValueError, match="steer_generated must be True, False or None"):
         llm.invoke(MARKED, steer_generated="yes")
 
