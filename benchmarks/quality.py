@@ -66,6 +66,7 @@ def main() -> None:
         "head_sets": {
             task: {"heads": len(head_set), "alpha": head_set.metadata.get("alpha", model.alpha),
                    "steer_generated": head_set.metadata.get("steer_generated", model.steer_generated),
+                   "generated_alpha": head_set.metadata.get("generated_alpha", model.generated_alpha),
                    "tasks": list(head_set.metadata.get("tasks", {}))}
             for task, head_set in head_sets.items() if head_set is not None
         },

@@ -12,8 +12,10 @@ from collections.abc import Sequence
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
-from .engine import Generation, PastaModel, SamplingSettings
+from .engine import Generation, PastaModel, SamplingSettings, SteeringOptions
 from .prompts import Prompt
+
+UNSTEERED = SteeringOptions(steer=False)
 
 DEFAULT_WEIGHT = 0.5
 
@@ -56,8 +58,8 @@ def generate_cad(
 ) -> list[Generation]:
     """Greedy CAD answers: ``prompts`` hold the context, ``plain_prompts`` are the same without it."""
     settings = SamplingSettings(max_new_tokens=max_new_tokens, stop=stop)
-    call = model._prepare(prompts, None, None, False, None, None, None, settings)
-    plain = model._prepare(plain_prompts, None, None, False, None, None, None, settings)
+    call = model._prepare(prompts, None, None, UNSTEERED, settings)
+    plain = model._prepare(plain_prompts, None, None, UNSTEERED, settings)
     contrast = ContrastWithoutContext(model.model, plain.batch.input_ids.to(model.device),
                                       plain.batch.attention_mask.to(model.device), call.batch.prompt_len, weight)
     with torch.no_grad():
@@ -78,7 +80,7 @@ def score_cad(model: PastaModel, prompt: Prompt, plain_prompt: Prompt, continuat
 
 
 def _continuation_logits(model: PastaModel, prompt: Prompt, answer: list[int]) -> torch.Tensor:
-    call = model._prepare([prompt], None, None, False, None, None, None, SamplingSettings(max_new_tokens=1))
+    call = model._prepare([prompt], None, None, UNSTEERED, SamplingSettings(max_new_tokens=1))
     input_ids = torch.cat([call.batch.input_ids, torch.tensor([answer])], dim=1).to(model.device)
     with torch.no_grad():
         logits = model.model(input_ids=input_ids).logits[0].float()

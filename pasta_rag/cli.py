@@ -39,6 +39,11 @@ SteerGeneratedOption = Annotated[
                  help="Also push down steered heads' attention to the generated tokens (fewer repeated answers). "
                  "Default: what the head set was chosen with."),
 ]
+GeneratedAlphaOption = Annotated[
+    float | None,
+    typer.Option(help="With steering of generated tokens: their attention scale in the steered heads (> 0). "
+                 "Default: the head set's own, else alpha."),
+]
 
 
 def question_prompt(context: str, question: str, has_chat_template: bool) -> tuple[object, str]:
@@ -66,6 +71,7 @@ def ask(
                      "Default: the head set's own, else 0.01."),
     ] = None,
     steer_generated: SteerGeneratedOption = None,
+    generated_alpha: GeneratedAlphaOption = None,
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 64,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
@@ -77,7 +83,8 @@ def ask(
         raise typer.BadParameter("give the context with exactly one of --context or --context-file")
     text = context if context is not None else context_file.read_text()
     try:
-        pasta = PastaModel.from_pretrained(model, heads=heads, alpha=alpha, steer_generated=steer_generated)
+        pasta = PastaModel.from_pretrained(model, heads=heads, alpha=alpha, steer_generated=steer_generated,
+                                           generated_alpha=generated_alpha)
         marked = text if emphasis else emphasize(text)
         prompt, prompt_format = question_prompt(marked, question, bool(pasta.tokenizer.chat_template))
         answers = {
@@ -160,12 +167,13 @@ def evaluate_command(
     heads: HeadsOption = None,
     alpha: Annotated[float | None, typer.Option(help="Alpha for pasta; default: the head set's own, else 0.01.")] = None,
     steer_generated: SteerGeneratedOption = None,
+    generated_alpha: GeneratedAlphaOption = None,
     methods: Annotated[str, typer.Option(help="Comma-separated: none, marked, pasta, cad.")] = "none,marked,pasta,cad",
     out: Annotated[Path | None, typer.Option(help="Write the results as JSON here.")] = None,
 ) -> None:
     """Score methods on a task file: es / acc / rep per task kind (malformed lines are reported and skipped).
 
-    Without --heads, --alpha or a steer-generated flag, pasta steers instruction tasks with the model's
+    Without --heads, --alpha, a steer-generated flag or --generated-alpha, pasta steers instruction tasks with the model's
     shipped 'instructions' set.
     """
     from rich.progress import Progress
@@ -176,10 +184,11 @@ def evaluate_command(
     examples = _read_task_file(data, "task")
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
     try:
-        pasta = PastaModel.from_pretrained(model, heads=heads, alpha=alpha, steer_generated=steer_generated)
+        pasta = PastaModel.from_pretrained(model, heads=heads, alpha=alpha, steer_generated=steer_generated,
+                                           generated_alpha=generated_alpha)
         with Progress(console=errors) as progress:
             task = progress.add_task("evaluating", total=len(examples) * len(chosen))
-            shipped = heads is None and alpha is None and steer_generated is None
+            shipped = heads is None and alpha is None and steer_generated is None and generated_alpha is None
             by_task = shipped_heads_by_task(pasta) if shipped else {}
             report = evaluate(pasta, examples, chosen, progress=lambda n: progress.advance(task, n), heads=by_task)
     except PastaError as error:
@@ -219,6 +228,10 @@ def profile(
     steer_generated: Annotated[
         bool, typer.Option(help="Choose on dev with generated tokens' keys steered too; the head set records it.")
     ] = False,
+    generated_exponents: Annotated[
+        str, typer.Option(help="With --steer-generated: exponents e to try on dev, comma-separated; generated keys "
+                          "are scaled by alpha**e (1: like the prompt). The head set records its generated_alpha.")
+    ] = "1",
 ) -> None:
     """Find the heads to steer: score each head alone on every task, intersect the per-task top-k, pick k on dev."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -238,10 +251,11 @@ def profile(
                                         total=profile_cost(pasta.num_layers) * len(tasks))
             task_scores = profile_tasks(pasta, tasks, alpha, progress_file, lambda n: progress.advance(scoring, n))
             sizes = default_ks(task_scores) if ks is None else [int(k) for k in _floats(ks)]
-            dev_total = sum(len(e) for e in dev_sets.values()) * len(sizes) * len(_floats(alphas))
+            exponents = _floats(generated_exponents)
+            dev_total = sum(len(e) for e in dev_sets.values()) * len(sizes) * len(_floats(alphas)) * len(exponents)
             choosing = progress.add_task("choosing k and alpha on dev", total=dev_total)
             ranked = choose_heads(pasta, task_scores, dev_sets, sizes, _floats(alphas), progress_file,
-                                  lambda n: progress.advance(choosing, n), steer_generated)
+                                  lambda n: progress.advance(choosing, n), steer_generated, exponents)
             progress.update(choosing, completed=dev_total)
     except PastaError as error:
         errors.print(f"[red]error:[/red] {error}")
@@ -251,11 +265,12 @@ def profile(
     out.parent.mkdir(parents=True, exist_ok=True)
     head_set.save(out)
     table = Table(title=f"{pasta.name}: candidates on dev (best first)")
-    for column in ("k", "alpha", "heads", "mean acc - rep", *dev_sets):
+    for column in ("k", "alpha", "generated exponent", "heads", "mean acc - rep", *dev_sets):
         table.add_column(column, justify="right")
     for c in ranked:
         cells = [f"{c.dev[name]['acc']:.2f}/{c.dev[name]['rep']:.2f}" for name in dev_sets]
-        table.add_row(str(c.k), str(c.alpha), str(len(c.heads)), f"{c.objective:.3f}", *cells)
+        table.add_row(str(c.k), str(c.alpha), str(c.generated_exponent), str(len(c.heads)), f"{c.objective:.3f}",
+                      *cells)
     console.print(table)
     console.print(f"wrote {len(head_set)} heads (k={ranked[0].k}, alpha={ranked[0].alpha}) to {out}")
 

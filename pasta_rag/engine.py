@@ -44,6 +44,17 @@ class Generation:
     """Whether any head was steered for this prompt (False when nothing was emphasized)."""
 
 
+@dataclass(frozen=True)
+class SteeringOptions:
+    """What one call asks of steering; None: the model's setting (or the per-call head set's own)."""
+
+    steer: bool = True
+    heads: HeadSetLike | None = None
+    alpha: float | None = None
+    steer_generated: bool | None = None
+    generated_alpha: float | None = None
+
+
 class SamplingKwargs(TypedDict, total=False):
     """The decoding keywords generate() and stream() take; see SamplingSettings."""
 
@@ -110,6 +121,7 @@ class PastaModel:
         heads: HeadSetLike | None = None,
         alpha: float | None = None,
         steer_generated: bool | None = None,
+        generated_alpha: float | None = None,
         name: str | None = None,
     ):
         self.model = model
@@ -129,6 +141,9 @@ class PastaModel:
         if steer_generated is None:  # likewise: the head set says whether it was chosen steering generated keys
             steer_generated = _steers_generated(self.heads, False)
         self.steer_generated = _checked_steer_generated(steer_generated)
+        if generated_alpha is None:  # and the scale it was chosen with for generated keys (None: alpha)
+            generated_alpha = _generated_alpha(self.heads, None)
+        self.generated_alpha = _checked_generated_alpha(generated_alpha)
         self.pad_token_id: int = _pad_token_id(tokenizer, model)
 
     @classmethod
@@ -139,6 +154,7 @@ class PastaModel:
         heads: HeadSetLike | None = None,
         alpha: float | None = None,
         steer_generated: bool | None = None,
+        generated_alpha: float | None = None,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         device_map: str | dict | None = None,
@@ -148,7 +164,8 @@ class PastaModel:
         """Load ``"default"`` (SmolLM2-135M-Instruct), ``"gemma3-270m"``, a .gguf file, a directory or a hub id.
 
         ``alpha`` defaults to the head set's own (its metadata), else 0.01; so does ``steer_generated``
-        (also push down attention to generated tokens in steered heads; see ``SteeringState``), else False.
+        (also push down attention to generated tokens in steered heads; see ``SteeringState``), else False,
+        and ``generated_alpha`` (the scale of generated keys then), else alpha.
         ``attn_implementation`` is the kernel to steer: ``sdpa`` (default) or ``eager``;
         ``device``, ``dtype`` and ``device_map`` mean what they mean in transformers.
         """
@@ -161,7 +178,7 @@ class PastaModel:
             **model_kwargs,
         )
         return cls(loaded.model, loaded.tokenizer, heads=heads, alpha=alpha, steer_generated=steer_generated,
-                   name=loaded.name)
+                   generated_alpha=generated_alpha, name=loaded.name)
 
     # --- public API ---------------------------------------------------------------------
 
@@ -181,14 +198,15 @@ class PastaModel:
         heads: HeadSetLike | None = None,
         alpha: float | None = None,
         steer_generated: bool | None = None,
+        generated_alpha: float | None = None,
         **sampling: Unpack[SamplingKwargs],
     ) -> Generation:
         """Generate from one prompt: a string (completion) or chat messages (the model's chat template).
 
         Emphasis comes as markers in the prompt (``emphasize``), ``emphasis`` substrings of the final
         prompt (every occurrence), or character ``spans`` of it; all are one union. ``steer=False``
-        runs the plain model. ``alpha`` and ``steer_generated`` override the model's (or the per-call
-        ``heads``' own) for this call only, so one loaded model can compare both. Decoding keywords:
+        runs the plain model. ``alpha``, ``steer_generated`` and ``generated_alpha`` override the model's
+        (or the per-call ``heads``' own) for this call only, so one loaded model can compare both. Decoding keywords:
         max_new_tokens (256), min_new_tokens, temperature (0 = greedy), top_p, top_k,
         repetition_penalty, stop (strings, any number of tokens), seed.
         """
@@ -201,6 +219,7 @@ class PastaModel:
             heads=heads,
             alpha=alpha,
             steer_generated=steer_generated,
+            generated_alpha=generated_alpha,
             settings=settings,
         )[0]
 
@@ -214,12 +233,14 @@ class PastaModel:
         heads: HeadSetLike | None = None,
         alpha: float | None = None,
         steer_generated: bool | None = None,
+        generated_alpha: float | None = None,
         settings: SamplingSettings | None = None,
         **setting_kwargs: Any,
     ) -> list[Generation]:
         """Generate for several prompts in one left-padded batch; ``emphasis`` / ``spans`` are per prompt."""
         settings = settings or SamplingSettings(**setting_kwargs)
-        call = self._prepare(prompts, emphasis, spans, steer, heads, alpha, steer_generated, settings)
+        options = SteeringOptions(steer, heads, alpha, steer_generated, generated_alpha)
+        call = self._prepare(prompts, emphasis, spans, options, settings)
         if settings.seed is not None:
             torch.manual_seed(settings.seed)
         stopper = StopOnText(self.tokenizer, call.batch.prompt_len, settings.stop)
@@ -242,6 +263,7 @@ class PastaModel:
         heads: HeadSetLike | None = None,
         alpha: float | None = None,
         steer_generated: bool | None = None,
+        generated_alpha: float | None = None,
         **sampling: Unpack[SamplingKwargs],
     ) -> TextStream:
         """The answer as it is generated, token by token; joined, it equals ``generate(...).text``.
@@ -255,10 +277,7 @@ class PastaModel:
             [prompt],
             None if emphasis is None else [emphasis],
             None if spans is None else [spans],
-            steer,
-            heads,
-            alpha,
-            steer_generated,
+            SteeringOptions(steer, heads, alpha, steer_generated, generated_alpha),
             settings,
         )
         stream = TextStream()
@@ -322,14 +341,16 @@ class PastaModel:
         heads: HeadSetLike | None = None,
         alpha: float | None = None,
         steer_generated: bool | None = None,
+        generated_alpha: float | None = None,
     ) -> float:
         """log p(continuation | prompt), summed over the continuation's tokens.
 
         For chat messages the continuation is the assistant's answer. Its keys are steered as
-        generated tokens are: only with ``steer_generated``.
+        generated tokens are: only with ``steer_generated`` (scaled by ``generated_alpha``).
         """
         call = self._prepare([prompt], None if emphasis is None else [emphasis], None if spans is None else [spans],
-                             steer, heads, alpha, steer_generated, SamplingSettings(max_new_tokens=1))
+                             SteeringOptions(steer, heads, alpha, steer_generated, generated_alpha),
+                             SamplingSettings(max_new_tokens=1))
         answer = self.tokenizer(continuation, add_special_tokens=False)["input_ids"]
         if not answer:
             raise PastaError("The continuation to score is empty.")
@@ -351,10 +372,7 @@ class PastaModel:
         prompts: Sequence[Prompt],
         emphasis: Sequence[Sequence[str] | None] | None,
         spans: Sequence[Sequence[Span] | None] | None,
-        steer: bool,
-        heads: HeadSetLike | None,
-        alpha: float | None,
-        steer_generated: bool | None,
+        options: SteeringOptions,
         settings: SamplingSettings,
     ) -> _Call:
         if isinstance(prompts, str) or not prompts:
@@ -370,20 +388,16 @@ class PastaModel:
         batch = pad_left(encoded, self.pad_token_id)
         self._check_window(batch.prompt_len, settings.max_new_tokens)
         config = settings.generation_config(self.model.generation_config, self.pad_token_id)
-        state = self._steering_state(batch, steer, heads, alpha, steer_generated)
+        state = self._steering_state(batch, options)
         rows = [bool(state is not None and state.emphasized[i].any()) for i in range(len(prompts))]
         return _Call(batch, state, config, rows)
 
-    def _steering_state(
-        self,
-        batch: PromptBatch,
-        steer: bool,
-        heads: HeadSetLike | None,
-        alpha: float | None,
-        steer_generated: bool | None,
-    ) -> SteeringState | None:
+    def _steering_state(self, batch: PromptBatch, options: SteeringOptions) -> SteeringState | None:
+        steer, heads, alpha = options.steer, options.heads, options.alpha
+        steer_generated, generated_alpha = options.steer_generated, options.generated_alpha
         if steer_generated is not None:  # checked even when nothing is steered, so bad input always says so
             _checked_steer_generated(steer_generated)
+        _checked_generated_alpha(generated_alpha)
         if not steer:
             return None
         if not batch.emphasized.any():
@@ -405,7 +419,12 @@ class PastaModel:
             steer_generated = (
                 _steers_generated(head_set, self.steer_generated) if heads is not None else self.steer_generated
             )
-        return SteeringState(batch.emphasized, head_set, _checked_alpha(alpha), self.num_heads, steer_generated)
+        if generated_alpha is None:
+            generated_alpha = (
+                _generated_alpha(head_set, self.generated_alpha) if heads is not None else self.generated_alpha
+            )
+        return SteeringState(batch.emphasized, head_set, _checked_alpha(alpha), self.num_heads, steer_generated,
+                             generated_alpha)
 
     def resolve_heads(self, heads: HeadSetLike) -> HeadSet:
         """A head set checked against this model; ``"context"`` or ``"instructions"`` name its shipped sets."""
@@ -525,6 +544,16 @@ def _steers_generated(head_set: HeadSet | None, default: bool) -> bool:
     return value
 
 
+def _generated_alpha(head_set: HeadSet | None, default: float | None) -> float | None:
+    """The scale of generated keys a head set was chosen with (metadata ``generated_alpha``; absent: ``default``)."""
+    if head_set is None:
+        return default
+    value = head_set.metadata.get("generated_alpha", default)
+    if value is not None and not _is_scale(value):
+        raise HeadSetError(f"The head set's metadata 'generated_alpha' must be a number > 0 or null, got {value!r}.")
+    return value
+
+
 def _checked_alpha(alpha: float) -> float:
     if not alpha > 0:
         raise SteeringError(f"alpha must be > 0 (the paper uses 0.01; smaller steers harder), got {alpha}.")
@@ -537,6 +566,22 @@ def _checked_steer_generated(steer_generated: Any) -> bool:
             f"steer_generated must be True, False or None (None: the head set's choice), got {steer_generated!r}."
         )
     return steer_generated
+
+
+def _checked_generated_alpha(generated_alpha: Any) -> float | None:
+    if generated_alpha is None:
+        return None
+    if not _is_scale(generated_alpha):
+        raise SteeringError(
+            f"generated_alpha must be a number > 0 (the attention scale of generated tokens in steered heads, "
+            f"used with steer_generated) or None (the head set's, else alpha), got {generated_alpha!r}."
+        )
+    return float(generated_alpha)
+
+
+def _is_scale(value: Any) -> bool:
+    """An attention scale: a positive number (not a bool, which Python counts as one)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
 def _eos_ids(config: GenerationConfig) -> set[int]:

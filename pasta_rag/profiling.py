@@ -508,6 +508,13 @@ class Candidate:
     heads: list[Pair]
     dev: dict[str, dict[str, float]]
     """Per dev set: acc and rep of greedy answers steered with these heads."""
+    generated_exponent: float = 1.0
+    """With steer_generated, generated keys are scaled by alpha ** generated_exponent (1: like the prompt)."""
+
+    @property
+    def generated_alpha(self) -> float | None:
+        """The ``generated_alpha`` this candidate steers with; None when it is alpha itself."""
+        return None if self.generated_exponent == 1 else self.alpha**self.generated_exponent
 
     @property
     def objective(self) -> float:
@@ -539,14 +546,23 @@ def choose_heads(
     checkpoint: Checkpoint,
     progress: Callable[[int], None] | None = None,
     steer_generated: bool = False,
+    generated_exponents: Sequence[float] = (1.0,),
 ) -> list[Candidate]:
-    """Every distinct (top-k intersection, alpha) scored on dev, best first (ties: fewer heads).
+    """Every distinct (top-k intersection, alpha, generated exponent) scored on dev, best first (ties: fewer heads,
+    then smaller alpha, then the exponent closest to 1).
 
-    ``steer_generated``: the candidates generate with generated keys steered too (``SteeringState``)."""
+    ``steer_generated``: the candidates generate with generated keys steered too (``SteeringState``), scaled by
+    ``alpha ** exponent`` for each of ``generated_exponents`` (1: by alpha, like the prompt)."""
     from .evaluation import evaluate
 
     if not dev_sets:
         raise PastaError("Choosing k and alpha needs at least one dev set.")
+    if not generated_exponents or any(not exponent > 0 for exponent in generated_exponents):
+        raise PastaError(f"Generated exponents must be > 0 (1: generated keys scaled like the prompt), got "
+                         f"{list(generated_exponents)}.")
+    if not steer_generated and list(generated_exponents) != [1.0]:
+        raise PastaError("Generated exponents apply to generated keys, which only steer_generated steers: "
+                         "pass --steer-generated, or leave the exponents out.")
     candidates: list[Candidate] = []
     seen: set[tuple[Pair, ...]] = set()
     dev_fingerprint = hashlib.sha256(
@@ -557,13 +573,16 @@ def choose_heads(
         if not pairs or tuple(pairs) in seen:
             continue
         seen.add(tuple(pairs))
-        for alpha in alphas:
+        for alpha, exponent in ((a, e) for a in alphas for e in generated_exponents):
+            candidate = Candidate(k, alpha, pairs, {}, exponent)
             key = json.dumps({"heads": pairs, "alpha": alpha, "dev": dev_fingerprint}
-                             | ({"steer_generated": True} if steer_generated else {}))
+                             | ({"steer_generated": True} if steer_generated else {})
+                             | ({"generated_exponent": exponent} if exponent != 1 else {}))
             dev = checkpoint.dev_result(key)
             if dev is None:
                 steered = PastaModel(model.model, model.tokenizer, heads=HeadSet.from_pairs(pairs), alpha=alpha,
-                                     steer_generated=steer_generated, name=model.name)
+                                     steer_generated=steer_generated, generated_alpha=candidate.generated_alpha,
+                                     name=model.name)
                 dev = {}
                 for name, examples in dev_sets.items():
                     report = evaluate(steered, examples, ["pasta"], progress=progress, es=False)["pasta"]
@@ -572,10 +591,10 @@ def choose_heads(
                 checkpoint.record_dev(key, dev)
             elif progress:
                 progress(sum(len(examples) for examples in dev_sets.values()))
-            candidates.append(Candidate(k, alpha, pairs, dev))
+            candidates.append(replace(candidate, dev=dev))
     if not candidates:
         raise PastaError(f"No top-k in {list(ks)} leaves a head common to all tasks; try larger k.")
-    return sorted(candidates, key=lambda c: (-c.objective, len(c.heads), c.alpha))
+    return sorted(candidates, key=lambda c: (-c.objective, len(c.heads), c.alpha, abs(c.generated_exponent - 1)))
 
 
 def profiled_head_set(
@@ -592,14 +611,17 @@ def profiled_head_set(
         "model": model_name,
         "alpha": best.alpha,
         "steer_generated": steer_generated,
+        "generated_alpha": best.generated_alpha,  # stated even when null (= alpha), so it is never inherited
+        **({"generated_exponent": best.generated_exponent} if best.generated_alpha is not None else {}),
         "k": best.k,
         "method": "pasta-rag profile: one head steered at a time, log-prob margin gain per task, "
-        "intersection of per-task top-k; k and alpha chosen on dev by mean(acc - rep)",
+        "intersection of per-task top-k; k, alpha (and generated_alpha) chosen on dev by mean(acc - rep)",
         "profile_alpha": profile_alpha,
         "tasks": {name: {"n": task_sizes[name]} for name in task_scores},
         "dev": best.dev,
         "candidates": [
             {"k": c.k, "alpha": c.alpha, "heads": len(c.heads), "objective": round(c.objective, 4), "dev": c.dev}
+            | ({"generated_exponent": c.generated_exponent} if c.generated_exponent != 1 else {})
             for c in ranked
         ],
         "head_scores": {

@@ -26,6 +26,7 @@ class ReferenceSetup:
     heads: dict[int, set[int]]
     alpha: float
     steer_generated: bool = False  # keys past the prompt get log(alpha) too
+    generated_alpha: float | None = None  # ... or log(generated_alpha), when given
 
 
 _setup: ContextVar[ReferenceSetup | None] = ContextVar("reference_setup", default=None)
@@ -55,13 +56,16 @@ def reference_attention(module, query, key, value, attention_mask, scaling=None,
     if setup is not None:
         allowed = allowed & setup.padding[:, None, None, :keys].bool()
         prompt_len = setup.emphasized.shape[1]
+        generated_alpha = setup.alpha if setup.generated_alpha is None else setup.generated_alpha
         for b in range(batch):
             if not setup.emphasized[b].any():
                 continue
             for h in setup.heads.get(module.layer_idx, ()):
                 for k in range(keys):
                     generated = k >= prompt_len
-                    if (generated and setup.steer_generated) or (not generated and not setup.emphasized[b, k]):
+                    if generated and setup.steer_generated:
+                        bias[b, h, :, k] = math.log(generated_alpha)
+                    elif not generated and not setup.emphasized[b, k]:
                         bias[b, h, :, k] = math.log(setup.alpha)
     scores = scores + bias
     scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)

@@ -39,6 +39,9 @@ def test_ask_prints_both_answers_as_json(model_dir, tmp_path):
     answers = json.loads(result.stdout)  # progress bars of transformers go to stderr
     assert set(answers) == {"model", "prompt_format", "unsteered", "steered"}
     assert answers["prompt_format"] == "chat template"
+    harder = runner.invoke(app, [*args, "--steer-generated", "--generated-alpha", "1e-6"])
+    assert harder.exit_code == 0, harder.output
+    assert json.loads(harder.stdout)["unsteered"] == answers["unsteered"]
 
 
 def test_ask_reports_bad_input_without_a_traceback(model_dir):
@@ -47,6 +50,8 @@ def test_ask_reports_bad_input_without_a_traceback(model_dir):
     assert missing.exit_code == 2 and "'xyz' does not occur in the prompt" in missing.output
     bad_alpha = runner.invoke(app, [*base, "--alpha", "0"])
     assert bad_alpha.exit_code == 2 and "alpha must be > 0" in bad_alpha.output
+    bad_generated = runner.invoke(app, [*base, "--steer-generated", "--generated-alpha", "0"])
+    assert bad_generated.exit_code == 2 and "generated_alpha must be a number > 0" in bad_generated.output
     no_context = runner.invoke(app, ["ask", "Q?", "--model", str(model_dir)])
     assert no_context.exit_code != 0 and "--context" in no_context.output
 

@@ -19,6 +19,7 @@ from pasta_rag import (
     SteeringError,
     emphasize,
 )
+from pasta_rag.engine import SteeringOptions
 from pasta_rag.prompts import CHAT_TEMPLATE_FORMAT, PLAIN_FORMAT
 
 PROMPT = f"Context: {emphasize('the sky is green')}. Question: what colour is the sky? Answer:"
@@ -249,8 +250,7 @@ def test_steering_generated_keys_can_be_chosen_per_call():
     settings = SamplingSettings(max_new_tokens=1)
 
     def state(model: PastaModel, **kwargs):
-        return model._prepare([PROMPT], None, None, True, kwargs.pop("heads", None), None,
-                              kwargs.pop("steer_generated", None), settings).state
+        return model._prepare([PROMPT], None, None, SteeringOptions(**kwargs), settings).state
 
     assert state(paper, steer_generated=True).steer_generated is True
     assert state(chosen_so, steer_generated=False).steer_generated is False
@@ -267,6 +267,42 @@ def test_steering_generated_keys_can_be_chosen_per_call():
         paper.score(PROMPT, answer, steer_generated=1)
     with pytest.raises(SteeringError, match="steer_generated"):
         PastaModel(paper.model, paper.tokenizer, heads=[1, 2], steer_generated="yes")
+
+
+def test_generated_alpha_comes_from_the_head_set_unless_given():
+    """With steer_generated, generated keys get log(generated_alpha); None everywhere means alpha."""
+    chosen = {"heads": [1, 2], "metadata": {"steer_generated": True, "generated_alpha": 1e-4}}
+    model = PastaModel(tiny_model("llama"), char_tokenizer(), heads=chosen)
+    same_as_alpha = PastaModel(model.model, model.tokenizer, heads=[1, 2], steer_generated=True)
+    answer = " green and blue"
+    assert model.generated_alpha == 1e-4 and same_as_alpha.generated_alpha is None
+    assert PastaModel(model.model, model.tokenizer, heads=chosen, generated_alpha=0.5).generated_alpha == 0.5
+    # it changes what is computed, and per call it equals the constructor argument
+    assert model.score(PROMPT, answer) != pytest.approx(same_as_alpha.score(PROMPT, answer), abs=1e-4)
+    assert same_as_alpha.score(PROMPT, answer, generated_alpha=1e-4) == pytest.approx(model.score(PROMPT, answer),
+                                                                                     abs=1e-6)
+    assert model.score(PROMPT, answer, generated_alpha=0.01) == pytest.approx(same_as_alpha.score(PROMPT, answer),
+                                                                             abs=1e-6)  # 0.01: the alpha
+    assert same_as_alpha.score(PROMPT, answer, heads=chosen) == pytest.approx(model.score(PROMPT, answer), abs=1e-6)
+    generated = same_as_alpha.generate(PROMPT, max_new_tokens=12, generated_alpha=1e-4).text
+    assert generated == model.generate(PROMPT, max_new_tokens=12).text
+    assert "".join(same_as_alpha.stream(PROMPT, max_new_tokens=12, generated_alpha=1e-4)) == generated
+    batch = same_as_alpha.generate_batch([PROMPT, PROMPT], max_new_tokens=12, generated_alpha=1e-4)
+    assert [g.text for g in batch] == [generated, generated]
+    # a per-call set that states null means its own alpha, not the model's generated_alpha (shipped sets state it)
+    stated = {"heads": [1, 2], "metadata": {"steer_generated": True, "generated_alpha": None}}
+    assert model.score(PROMPT, answer, heads=stated) == pytest.approx(same_as_alpha.score(PROMPT, answer), abs=1e-6)
+    assert model.score(PROMPT, answer, heads=[1, 2]) == pytest.approx(model.score(PROMPT, answer), abs=1e-6)
+    # without steer_generated it changes nothing (the paper leaves generated keys alone)
+    paper = PastaModel(model.model, model.tokenizer, heads=[1, 2])
+    assert paper.score(PROMPT, answer, generated_alpha=1e-4) == paper.score(PROMPT, answer)
+    for bad in (0, -1.0, "small", True):
+        with pytest.raises(SteeringError, match="generated_alpha must be a number > 0"):
+            paper.generate(PROMPT, max_new_tokens=2, generated_alpha=bad)
+    with pytest.raises(SteeringError, match="generated_alpha"):
+        PastaModel(model.model, model.tokenizer, heads=[1, 2], generated_alpha=0.0)
+    with pytest.raises(HeadSetError, match="generated_alpha"):
+        PastaModel(model.model, model.tokenizer, heads={"heads": [1], "metadata": {"generated_alpha": "tiny"}})
 
 
 def test_shipped_sets_are_named_by_purpose(monkeypatch):

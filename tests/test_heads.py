@@ -58,6 +58,8 @@ def test_shipped_head_sets_fit_their_models(name, layers, heads):
         assert len(shipped.resolve(layers, heads)) > 0
         # stated, never inherited: a set without it would take the model's (its context set's) choice
         assert isinstance(shipped.metadata.get("steer_generated"), bool), purpose
+        generated_alpha = shipped.metadata["generated_alpha"]  # likewise: null means the set's own alpha
+        assert generated_alpha is None or 0 < generated_alpha < shipped.metadata["alpha"], purpose
     assert shipped_head_set(name) == shipped_head_set(name, "context")
     assert shipped_head_set(name, "context") != shipped_head_set(name, "instructions")
     assert shipped_head_set("no-such-model") is None

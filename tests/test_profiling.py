@@ -226,6 +226,23 @@ def test_choosing_on_dev_writes_a_head_set_the_model_accepts(tmp_path):
                       steer_generated=True).save(tmp_path / "generated.json")
     assert PastaModel(model.model, model.tokenizer, heads=tmp_path / "generated.json").steer_generated
     assert steered.steer_generated is False
+    # generated exponents: one candidate per exponent, keyed apart; the best one's generated_alpha is shipped
+    exponents = choose_heads(model, scores, {"dev": examples(CONFLICTS[1:])}, [3], [0.1], checkpoint,
+                             steer_generated=True, generated_exponents=[1.0, 2.0])
+    assert sorted(c.generated_exponent for c in exponents) == [1.0, 2.0]
+    assert {c.generated_exponent: c.generated_alpha for c in exponents} == {1.0: None, 2.0: pytest.approx(0.01)}
+    assert len(checkpoint.data["dev"]) == evaluated + 4  # exponent 1 at alpha 0.1 is new too
+    best_second = sorted(exponents, key=lambda c: c.generated_exponent == 1)  # as if exponent 2 had won
+    profiled_head_set(model.name, scores, {n: len(e) for n, e in tasks.items()}, 0.1, best_second,
+                      steer_generated=True).save(tmp_path / "exponent.json")
+    chosen = PastaModel(model.model, model.tokenizer, heads=tmp_path / "exponent.json")
+    assert chosen.generated_alpha == pytest.approx(0.01) and chosen.alpha == 0.1
+    with pytest.raises(PastaError, match="only steer_generated steers"):
+        choose_heads(model, scores, {"dev": examples(CONFLICTS[1:])}, [3], [0.1], checkpoint,
+                     generated_exponents=[2.0])
+    with pytest.raises(PastaError, match="must be > 0"):
+        choose_heads(model, scores, {"dev": examples(CONFLICTS[1:])}, [3], [0.1], checkpoint,
+                     steer_generated=True, generated_exponents=[0.0])
 
 
 def test_profile_command_on_a_tiny_model(tmp_path):
@@ -248,9 +265,25 @@ def test_profile_command_on_a_tiny_model(tmp_path):
     assert saved["metadata"]["alpha"] == 0.1 and saved["heads"]
     assert (tmp_path / "heads.partial.json").exists()
     assert saved["metadata"]["steer_generated"] is False
+    assert saved["metadata"]["generated_alpha"] is None  # stated, so the set never inherits a model's
     generated = CliRunner().invoke(app, [
         "profile", "--model", str(folder), "--train", str(files["conflicts"]), "--train", str(files["json"]),
         "--dev", str(files["conflicts"]), "--out", str(out), "--ks", "4,8", "--alphas", "0.1", "--steer-generated",
     ])
     assert generated.exit_code == 0, generated.output
     assert json.loads(out.read_text())["metadata"]["steer_generated"] is True
+    exponents = CliRunner().invoke(app, [
+        "profile", "--model", str(folder), "--train", str(files["conflicts"]), "--train", str(files["json"]),
+        "--dev", str(files["conflicts"]), "--out", str(out), "--ks", "4", "--alphas", "0.1", "--steer-generated",
+        "--generated-exponents", "1,2",
+    ])
+    assert exponents.exit_code == 0, exponents.output
+    metadata = json.loads(out.read_text())["metadata"]
+    assert len(metadata["candidates"]) == 2
+    assert metadata.get("generated_alpha") in (None, pytest.approx(0.01))
+    refused = CliRunner().invoke(app, [
+        "profile", "--model", str(folder), "--train", str(files["conflicts"]), "--train", str(files["json"]),
+        "--dev", str(files["conflicts"]), "--out", str(out), "--ks", "4", "--alphas", "0.1",
+        "--generated-exponents", "2",
+    ])
+    assert refused.exit_code == 2 and "--steer-generated" in refused.output

@@ -34,19 +34,20 @@ def prompt_batch(seed: int = 1):
     return input_ids, padding, emphasized
 
 
-def reference_logits(model, input_ids, padding, emphasized, heads=HEADS, steer_generated=False):
+def reference_logits(model, input_ids, padding, emphasized, heads=HEADS, steer_generated=False, generated_alpha=None):
     implementation = model.config._attn_implementation
     model.set_attn_implementation(REFERENCE)
+    setup = ReferenceSetup(padding, emphasized, heads, ALPHA, steer_generated, generated_alpha)
     try:
-        with torch.no_grad(), reference_setup(ReferenceSetup(padding, emphasized, heads, ALPHA, steer_generated)):
+        with torch.no_grad(), reference_setup(setup):
             return model(input_ids=input_ids, attention_mask=padding).logits
     finally:
         model.set_attn_implementation(implementation)
 
 
-def steered_logits(model, input_ids, padding, emphasized, heads=None, steer_generated=False):
+def steered_logits(model, input_ids, padding, emphasized, heads=None, steer_generated=False, generated_alpha=None):
     state = SteeringState(emphasized, head_set() if heads is None else heads, ALPHA, model.config.num_attention_heads,
-                          steer_generated)
+                          steer_generated, generated_alpha)
     with torch.no_grad(), steering(state):
         return model(input_ids=input_ids, attention_mask=padding).logits
 
@@ -75,13 +76,14 @@ def test_unpadded_prefill_keeps_is_causal_path_and_matches(architecture):
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
-@pytest.mark.parametrize("steer_generated", [False, True])
-def test_cached_greedy_generation_matches_full_recompute(architecture, steer_generated):
+@pytest.mark.parametrize(("steer_generated", "generated_alpha"), [(False, None), (True, None), (True, 1e-4)])
+def test_cached_greedy_generation_matches_full_recompute(architecture, steer_generated, generated_alpha):
     """generate() with the KV cache steps past the sliding window and must pick the reference's tokens."""
     model = tiny_model(architecture)
     input_ids, padding, emphasized = prompt_batch()
     new_tokens = 8
-    state = SteeringState(emphasized, head_set(), ALPHA, model.config.num_attention_heads, steer_generated)
+    state = SteeringState(emphasized, head_set(), ALPHA, model.config.num_attention_heads, steer_generated,
+                          generated_alpha)
     with torch.no_grad(), steering(state):
         generated = model.generate(
             input_ids=input_ids, attention_mask=padding, max_new_tokens=new_tokens, do_sample=False,
@@ -89,7 +91,8 @@ def test_cached_greedy_generation_matches_full_recompute(architecture, steer_gen
         )
     sequence, mask = input_ids, padding
     for _ in range(new_tokens):
-        logits = reference_logits(model, sequence, mask, emphasized, steer_generated=steer_generated)
+        logits = reference_logits(model, sequence, mask, emphasized, steer_generated=steer_generated,
+                                  generated_alpha=generated_alpha)
         next_token = logits[:, -1].argmax(dim=-1, keepdim=True)
         sequence = torch.cat([sequence, next_token], dim=1)
         mask = torch.cat([mask, torch.ones_like(next_token)], dim=1)
@@ -154,19 +157,29 @@ def test_generated_keys_are_not_steered():
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
-def test_generated_keys_are_steered_when_asked(architecture):
-    """steer_generated: a continuation's keys get log(alpha) too, in prefill and in a cached decode step."""
+@pytest.mark.parametrize("generated_alpha", [None, 1e-4])
+def test_generated_keys_are_steered_when_asked(architecture, generated_alpha):
+    """steer_generated: a continuation's keys get log(alpha) (or log(generated_alpha)) too, in prefill and in a
+    cached decode step."""
     model = tiny_model(architecture)
     input_ids, padding, emphasized = prompt_batch()
     prompt_len = 9
     emphasized = emphasized[:, :prompt_len]
-    expected = reference_logits(model, input_ids, padding, emphasized, steer_generated=True)
-    actual = steered_logits(model, input_ids, padding, emphasized, steer_generated=True)
+    expected = reference_logits(model, input_ids, padding, emphasized, steer_generated=True,
+                                generated_alpha=generated_alpha)
+    actual = steered_logits(model, input_ids, padding, emphasized, steer_generated=True,
+                            generated_alpha=generated_alpha)
     real = padding.bool()
     assert (actual[real] - expected[real]).abs().max() < TOLERANCE
     paper = steered_logits(model, input_ids, padding, emphasized)
     assert (paper[real] - actual[real]).abs().max() > 100 * TOLERANCE, "the generated keys' bias must matter"
-    state = SteeringState(emphasized, head_set(), ALPHA, model.config.num_attention_heads, steer_generated=True)
+    if generated_alpha is not None:
+        same_as_prompt = steered_logits(model, input_ids, padding, emphasized, steer_generated=True)
+        assert (same_as_prompt[real] - actual[real]).abs().max() > 100 * TOLERANCE, "generated_alpha must matter"
+        assert torch.equal(steered_logits(model, input_ids, padding, emphasized, generated_alpha=generated_alpha),
+                           paper), "without steer_generated, generated_alpha changes nothing"
+    state = SteeringState(emphasized, head_set(), ALPHA, model.config.num_attention_heads, steer_generated=True,
+                          generated_alpha=generated_alpha)
     with torch.no_grad(), steering(state):
         first = model(input_ids=input_ids[:, :-1], attention_mask=padding[:, :-1], use_cache=True)
         step = model(input_ids=input_ids[:, -1:], attention_mask=padding, cache=first.cache).logits[:, -1]
@@ -200,6 +213,8 @@ def test_bad_alpha_and_unsteerable_implementation():
     _, _, emphasized = prompt_batch()
     with pytest.raises(SteeringError, match="alpha must be > 0"):
         SteeringState(emphasized, head_set(), 0.0, 4)
+    with pytest.raises(SteeringError, match="generated_alpha must be > 0"):
+        SteeringState(emphasized, head_set(), ALPHA, 4, steer_generated=True, generated_alpha=0.0)
     with pytest.raises(SteeringError, match="cannot steer attn_implementation='flash_attention_2'"):
         steered_implementation("flash_attention_2")
 

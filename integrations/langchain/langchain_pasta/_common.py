@@ -33,7 +33,7 @@ def load_engine(model: str | os.PathLike = "default", **load_kwargs: Any) -> Pas
 
     Every ChatPasta / PastaLLM created with the same name (and the same loading options) gets
     the same ``PastaModel``: a chain that builds several model objects, or a test suite that
-    builds one per test, loads the weights once. Head set, alpha and steer_generated are not loading
+    builds one per test, loads the weights once. Head set, alpha, steer_generated and generated_alpha are not loading
     options: they are applied per call, so instances with different head sets still share the weights.
     """
     key = (os.fspath(model), tuple(sorted((k, repr(v)) for k, v in load_kwargs.items())))
@@ -57,6 +57,7 @@ CALL_OPTIONS = frozenset(
         "heads",
         "alpha",
         "steer_generated",
+        "generated_alpha",
         "temperature",
         "max_tokens",
         "max_new_tokens",
@@ -95,6 +96,9 @@ class PastaFields(BaseModel):
     """Also push down, in the steered heads, attention to the tokens generated so far (the paper leaves
     them alone; small models then tend to repeat themselves). None: what the head set was chosen with
     (else False)."""
+    generated_alpha: float | None = None
+    """With steer_generated, the attention scale of generated tokens in the steered heads (> 0). None: the
+    one the head set was chosen with (else alpha)."""
     steer: bool = True
     """False runs the plain model even when text is emphasized (for side-by-side comparisons)."""
 
@@ -135,7 +139,7 @@ class PastaFields(BaseModel):
             raise ValueError(
                 f"{cls.__name__} got unknown parameter(s) {unknown}. Generation settings are "
                 "temperature, max_tokens, top_p, top_k, repetition_penalty, stop, seed; steering settings are "
-                "heads, alpha, steer_generated, steer; loading options go in model_kwargs."
+                "heads, alpha, steer_generated, generated_alpha, steer; loading options go in model_kwargs."
             )
         return values
 
@@ -147,6 +151,8 @@ class PastaFields(BaseModel):
             self.model_name = self.engine.name
         if self.alpha is not None and not self.alpha > 0:
             raise ValueError(f"alpha must be > 0 (the paper uses 0.01; smaller steers harder), got {self.alpha}.")
+        if self.generated_alpha is not None and not self.generated_alpha > 0:
+            raise ValueError(f"generated_alpha must be > 0 (None: the head set's, else alpha), got {self.generated_alpha}.")
         _check_sampling(self.temperature, self.max_tokens, self.top_p, self.top_k)
         if self.heads is not None:
             self.heads = _resolved_heads(self.heads, self.engine)
@@ -204,6 +210,7 @@ class PastaFields(BaseModel):
         heads = options.get("heads", self.heads)
         alpha = options.get("alpha", self.alpha)
         steer_generated = options.get("steer_generated", self.steer_generated)  # the core checks it
+        generated_alpha = options.get("generated_alpha", self.generated_alpha)  # and this one
         return CoreRequest(
             prompt=prompt,
             emphasis=options["emphasis"],
@@ -212,6 +219,7 @@ class PastaFields(BaseModel):
             heads=_resolved_heads(heads, self._engine) if heads is not None else None,
             alpha=alpha,
             steer_generated=steer_generated,
+            generated_alpha=generated_alpha,
             settings=self._sampling(stop, options),
         )
 
@@ -233,6 +241,7 @@ class PastaFields(BaseModel):
             heads=first.heads,
             alpha=first.alpha,
             steer_generated=first.steer_generated,
+            generated_alpha=first.generated_alpha,
             settings=first.settings,
         )
 
@@ -246,6 +255,7 @@ class PastaFields(BaseModel):
             heads=request.heads,
             alpha=request.alpha,
             steer_generated=request.steer_generated,
+            generated_alpha=request.generated_alpha,
             max_new_tokens=request.settings.max_new_tokens,
             temperature=request.settings.temperature,
             top_p=request.settings.top_p,
@@ -282,6 +292,9 @@ class PastaFields(BaseModel):
             "steer_generated": (
                 self.steer_generated if self.steer_generated is not None else self._engine.steer_generated
             ),
+            "generated_alpha": (
+                self.generated_alpha if self.generated_alpha is not None else self._engine.generated_alpha
+            ),
             "steer": self.steer,
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
@@ -310,15 +323,16 @@ class CoreRequest:
     heads: HeadSet | None
     alpha: float | None
     steer_generated: bool | None
+    generated_alpha: float | None
     settings: SamplingSettings
 
     def key(self) -> str:
         return repr((self.prompt, self.emphasis, self.spans, self.steer, self.heads, self.alpha, self.steer_generated,
-                     self.settings))
+                     self.generated_alpha, self.settings))
 
     def batch_key(self) -> str:
         """Requests with the same batch key can share one generate_batch call."""
-        return repr((self.heads, self.alpha, self.steer_generated, self.settings))
+        return repr((self.heads, self.alpha, self.steer_generated, self.generated_alpha, self.settings))
 
 
 # --- batching through LangChain's own batch machinery --------------------------------------

@@ -356,6 +356,32 @@ def test_steer_generated_field_and_call_option_reach_the_core(tiny_engine, monke
     assert len({r.batch_key() for r in requests}) == len({r.key() for r in requests}) == 3
 
 
+def test_generated_alpha_field_and_call_option_reach_the_core(tiny_engine, monkeypatch):
+    marked = [HumanMessage(f"Context: {emphasize('The tower is in Rome.')} Where?")]
+    core = [{"role": "user", "content": marked[0].content}]
+    expected = core_text(tiny_engine, core, steer_generated=True, generated_alpha=1e-4)
+    seen: list[Any] = []
+    generate_batch, stream = tiny_engine.generate_batch, tiny_engine.stream
+    monkeypatch.setattr(tiny_engine, "generate_batch",
+                        lambda p, **k: seen.append(k["generated_alpha"]) or generate_batch(p, **k))
+    monkeypatch.setattr(tiny_engine, "stream", lambda p, **k: seen.append(k["generated_alpha"]) or stream(p, **k))
+    chat = ChatPasta(model=tiny_engine, max_tokens=6, steer_generated=True)
+    chosen = ChatPasta(model=tiny_engine, max_tokens=6, steer_generated=True, generated_alpha=1e-4)
+    assert chosen.invoke(marked).content == "".join(c.content for c in chosen.stream(marked)) == expected
+    assert chat.invoke(marked, generated_alpha=1e-4).content == expected
+    assert chat.bind(generated_alpha=1e-4).invoke(marked).content == expected
+    chat.invoke(marked)
+    assert seen == [1e-4, 1e-4, 1e-4, 1e-4, None]
+    assert chosen._identifying_params["generated_alpha"] == 1e-4
+    assert chat._identifying_params["generated_alpha"] is tiny_engine.generated_alpha is None
+    requests = [chat._request(marked, None, {"generated_alpha": value}) for value in (None, 1e-4, 1e-3)]
+    assert len({r.batch_key() for r in requests}) == len({r.key() for r in requests}) == 3
+    with pytest.raises(ValidationError, match="generated_alpha must be > 0"):
+        ChatPasta(model=tiny_engine, generated_alpha=0)
+    with pytest.raises(ValueError, match="generated_alpha must be a number > 0"):
+        chat.invoke(marked, generated_alpha=-1.0)
+
+
 def test_bad_steer_generated_is_a_clear_error(chat, tiny_engine):
     with pytest.raises(ValidationError, match="steer_generated"):
         ChatPasta(model=tiny_engine, steer_generated="yes")  # a lax bool would take "yes" as True

@@ -180,6 +180,36 @@ def test_steer_generated_field_and_option_reach_the_core(tiny_core, spy):
         make_llm(tiny_core, steer_generated="yes")  # a lax bool would take "yes" as True
 
 
+def test_generated_alpha_field_and_option_reach_the_core(tiny_core, spy):
+    marked = f"Context: {emphasize('The tower is in Rome.')} Where is it?"
+    chat = [ChatMessage(role=MessageRole.USER, content=marked)]
+    llm = make_llm(tiny_core, steer_generated=True, generated_alpha=1e-4)
+    assert llm.to_dict()["generated_alpha"] == 1e-4
+    llm.complete(marked)
+    llm.chat(chat)
+    "".join(c.delta for c in llm.stream_complete(marked))
+    "".join(c.delta for c in llm.stream_chat(chat))
+
+    async def run() -> None:
+        await llm.acomplete(marked)
+        await llm.achat(chat)
+        await collect(await llm.astream_complete(marked))
+        await collect(await llm.astream_chat(chat))
+
+    asyncio.run(run())
+    assert [call.kwargs["generated_alpha"] for call in spy.calls] == [1e-4] * 8
+    assert [call.output for call in spy.calls[::2]] == [spy.calls[0].output] * 4  # complete and its twins
+    plain = make_llm(tiny_core, steer_generated=True)
+    plain.complete(marked)
+    assert spy.calls[-1].kwargs["generated_alpha"] is None  # the model's (or head set's) choice
+    plain.complete(marked, generated_alpha=1e-4)
+    assert spy.calls[-1].kwargs["generated_alpha"] == 1e-4 and spy.calls[-1].output == spy.calls[0].output
+    with pytest.raises(ValueError, match="generated_alpha must be a number > 0"):
+        plain.complete(marked, generated_alpha=0)
+    with pytest.raises(ValueError, match="generated_alpha"):
+        make_llm(tiny_core, generated_alpha=-1.0)
+
+
 def test_unsteered_passthrough_when_nothing_is_emphasized(tiny_core, spy):
     llm = make_llm(tiny_core)
     with warnings.catch_warnings():

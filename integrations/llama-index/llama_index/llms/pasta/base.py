@@ -60,6 +60,7 @@ CALL_OPTIONS = frozenset(
         "heads",
         "alpha",
         "steer_generated",
+        "generated_alpha",
         "emphasis",
     }
 )
@@ -144,6 +145,11 @@ class PastaLLM(CustomLLM):
         default=None,
         description="Also push down attention to the generated tokens in the steered heads (the paper does not; "
         "small models then repeat less). None: what the head set was chosen with, else False.",
+    )
+    generated_alpha: float | None = Field(
+        default=None, gt=0.0,
+        description="With steer_generated, the attention scale of generated tokens in the steered heads. "
+        "None: what the head set was chosen with, else alpha.",
     )
     emphasize_context: bool = Field(
         default=True,
@@ -439,6 +445,7 @@ class PastaLLM(CustomLLM):
             "heads": self.heads,
             "alpha": self.alpha,
             "steer_generated": self.steer_generated,
+            "generated_alpha": self.generated_alpha,
             "emphasis": None,
         }
         options.update(kwargs)
