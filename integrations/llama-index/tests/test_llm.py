@@ -34,6 +34,22 @@ async def collect(agen) -> list:
     return [item async for item in agen]
 
 
+def call_every_path(llm: PastaLLM, prompt: str, chat: list[ChatMessage]) -> None:
+    """complete, chat, their streams and the four async twins: the 8 ways a call reaches the core, in that order."""
+    llm.complete(prompt)
+    llm.chat(chat)
+    "".join(c.delta for c in llm.stream_complete(prompt))
+    "".join(c.delta for c in llm.stream_chat(chat))
+
+    async def run() -> None:
+        await llm.acomplete(prompt)
+        await llm.achat(chat)
+        await collect(await llm.astream_complete(prompt))
+        await collect(await llm.astream_chat(chat))
+
+    asyncio.run(run())
+
+
 def test_is_a_llama_index_llm_with_metadata(tiny_core):
     llm = make_llm(tiny_core, context_window=1000)
     assert isinstance(llm, LLM)
@@ -152,18 +168,7 @@ def test_steer_generated_field_and_option_reach_the_core(tiny_core, spy):
     chat = [ChatMessage(role=MessageRole.USER, content=marked)]
     llm = make_llm(tiny_core, steer_generated=True)
     assert llm.to_dict()["steer_generated"] is True
-    llm.complete(marked)
-    llm.chat(chat)
-    "".join(c.delta for c in llm.stream_complete(marked))
-    "".join(c.delta for c in llm.stream_chat(chat))
-
-    async def run() -> None:
-        await llm.acomplete(marked)
-        await llm.achat(chat)
-        await collect(await llm.astream_complete(marked))
-        await collect(await llm.astream_chat(chat))
-
-    asyncio.run(run())
+    call_every_path(llm, marked, chat)
     assert [call.kwargs["steer_generated"] for call in spy.calls] == [True] * 8
     steered = spy.calls[0].output
     assert [call.output for call in spy.calls[::2]] == [steered] * 4  # complete, and its stream / async twins
@@ -185,18 +190,7 @@ def test_generated_alpha_field_and_option_reach_the_core(tiny_core, spy):
     chat = [ChatMessage(role=MessageRole.USER, content=marked)]
     llm = make_llm(tiny_core, steer_generated=True, generated_alpha=1e-4)
     assert llm.to_dict()["generated_alpha"] == 1e-4
-    llm.complete(marked)
-    llm.chat(chat)
-    "".join(c.delta for c in llm.stream_complete(marked))
-    "".join(c.delta for c in llm.stream_chat(chat))
-
-    async def run() -> None:
-        await llm.acomplete(marked)
-        await llm.achat(chat)
-        await collect(await llm.astream_complete(marked))
-        await collect(await llm.astream_chat(chat))
-
-    asyncio.run(run())
+    call_every_path(llm, marked, chat)
     assert [call.kwargs["generated_alpha"] for call in spy.calls] == [1e-4] * 8
     assert [call.output for call in spy.calls[::2]] == [spy.calls[0].output] * 4  # complete and its twins
     plain = make_llm(tiny_core, steer_generated=True)
