@@ -12,12 +12,14 @@ With the context head set shipped before (33 heads, alpha 0.01, the paper's stee
     compact, top 1 passage:   unsteered 9/10, steered 10/10 (flip: Hamlet)
     refine, top 2 passages:   unsteered 5/10, steered 3/10 (the refine step over the second passage drifts)
     context chat, top 1:      unsteered 6/10, steered 10/10
-With the shipped context head set (22 heads, alpha 0.02, steer_generated):
+With the context head set shipped before (22 heads, alpha 0.02, steer_generated, generated keys scaled by alpha):
+    refine, top 2 passages:   unsteered 5/10, steered 5/10 (flip: Taj Mahal); compact and chat as below
+With the shipped context head set (the same, generated keys scaled by generated_alpha = alpha**1.5):
     compact, top 1 passage:   unsteered 9/10, steered 10/10 (flip: Hamlet)
-    refine, top 2 passages:   unsteered 5/10, steered 5/10 (flip: Taj Mahal)
+    refine, top 2 passages:   unsteered 5/10, steered 7/10 (flips: Taj Mahal, Hamlet, capital of France)
     context chat, top 1:      unsteered 6/10, steered 10/10 (flips: Big Ben, Hamlet, capital of France,
                               largest ocean); the four-turn chat below: steered 4/4, unsteered 1/4
-Refine gaining nothing is a known gap: it must not collapse.
+Refine gains the least: the refine step over the second passage can drift; it must not lose answers.
 """
 
 from __future__ import annotations
@@ -118,8 +120,8 @@ def test_steered_engine_answers_from_the_documents(index, llms, mode):
         # there is no room to show; steering must not make it worse.
         assert steered_count >= plain_count
     elif mode == "refine":
-        # Known gap (see the module docstring): two passages refined in turn; it must not collapse.
-        assert steered_count >= plain_count - 2 and steered_count >= 3
+        # Two passages refined in turn (see the module docstring): 7 against 5 here; it must not lose answers.
+        assert steered_count >= plain_count
     else:
         assert steered_count > plain_count
         assert flips
