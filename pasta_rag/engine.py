@@ -555,7 +555,7 @@ def _generated_alpha(head_set: HeadSet | None, default: float | None) -> float |
 
 
 def _checked_alpha(alpha: float) -> float:
-    if not alpha > 0:
+    if not _is_scale(alpha):
         raise SteeringError(f"alpha must be > 0 (the paper uses 0.01; smaller steers harder), got {alpha}.")
     return float(alpha)
 

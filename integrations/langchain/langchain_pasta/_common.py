@@ -20,7 +20,7 @@ from pasta_rag import Generation, PastaModel, SamplingSettings, has_markers, str
 from pasta_rag.errors import PastaError
 from pasta_rag.heads import HeadSet
 from pasta_rag.prompts import Prompt
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, model_validator
 
 # --- loading -------------------------------------------------------------------------------
 
@@ -89,14 +89,14 @@ class PastaFields(BaseModel):
     """The head set to steer: a ``pasta_rag.HeadSet``, ``{"layer": [heads]}``, a list of layers or a JSON
     file, or the name of a set shipped for the model: "context" (retrieved passages, the default) or
     "instructions" (emphasized instructions, e.g. a pinned system prompt). None: the context set."""
-    alpha: float | None = None
+    alpha: StrictFloat | None = None  # strict: a bool or a string is refused, not read as a number
     """Attention scale of non-emphasized prompt tokens in the steered heads (0 < alpha <= 1, smaller
     steers harder). None: the alpha the head set was chosen with (else 0.01, the paper's)."""
     steer_generated: StrictBool | None = None
     """Also push down, in the steered heads, attention to the tokens generated so far (the paper leaves
     them alone; small models then tend to repeat themselves). None: what the head set was chosen with
     (else False)."""
-    generated_alpha: float | None = None
+    generated_alpha: StrictFloat | None = None
     """With steer_generated, the attention scale of generated tokens in the steered heads (> 0). None: the
     one the head set was chosen with (else alpha)."""
     steer: bool = True

@@ -378,6 +378,12 @@ def test_generated_alpha_field_and_call_option_reach_the_core(tiny_engine, monke
     assert len({r.batch_key() for r in requests}) == len({r.key() for r in requests}) == 3
     with pytest.raises(ValidationError, match="generated_alpha must be > 0"):
         ChatPasta(model=tiny_engine, generated_alpha=0)
+    for name in ("alpha", "generated_alpha"):  # a lax float would read True as 1.0 and "0.5" as 0.5
+        for bad in (True, "0.5"):
+            with pytest.raises(ValidationError, match=name):
+                ChatPasta(model=tiny_engine, **{name: bad})
+    with pytest.raises(ValueError, match="alpha must be > 0"):
+        chat.invoke(marked, alpha=True)
     with pytest.raises(ValueError, match="generated_alpha must be a number > 0"):
         chat.invoke(marked, generated_alpha=-1.0)
 

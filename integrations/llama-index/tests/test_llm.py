@@ -202,6 +202,10 @@ def test_generated_alpha_field_and_option_reach_the_core(tiny_core, spy):
         plain.complete(marked, generated_alpha=0)
     with pytest.raises(ValueError, match="generated_alpha"):
         make_llm(tiny_core, generated_alpha=-1.0)
+    for name in ("alpha", "generated_alpha"):  # a lax float would read True as 1.0 and "0.5" as 0.5
+        for bad in (True, "0.5"):
+            with pytest.raises(ValueError, match=name):
+                make_llm(tiny_core, **{name: bad})
 
 
 def test_unsteered_passthrough_when_nothing_is_emphasized(tiny_core, spy):

@@ -38,7 +38,7 @@ from llama_index.core.llms.custom import CustomLLM
 from llama_index.core.llms.llm import default_completion_to_prompt
 from llama_index.core.prompts.base import BasePromptTemplate
 from llama_index.core.types import Model
-from pydantic import StrictBool
+from pydantic import StrictBool, StrictFloat
 
 from pasta_rag import Generation, PastaModel, emphasize, has_markers, strip_markers
 
@@ -138,7 +138,7 @@ class PastaLLM(CustomLLM):
         description="Head set to steer: {'layer': [heads]}, a list of layers, a JSON file, or a set shipped for "
         "the model: 'context' (retrieved passages) or 'instructions' (emphasized instructions). None: 'context'.",
     )
-    alpha: float | None = Field(
+    alpha: StrictFloat | None = Field(  # strict: a bool or a string is refused, not read as a number
         default=None, gt=0.0, description="Attention scale for non-emphasized tokens (paper: 0.01). None: model's."
     )
     steer_generated: StrictBool | None = Field(
@@ -146,7 +146,7 @@ class PastaLLM(CustomLLM):
         description="Also push down attention to the generated tokens in the steered heads (the paper does not; "
         "small models then repeat less). None: what the head set was chosen with, else False.",
     )
-    generated_alpha: float | None = Field(
+    generated_alpha: StrictFloat | None = Field(
         default=None, gt=0.0,
         description="With steer_generated, the attention scale of generated tokens in the steered heads. "
         "None: what the head set was chosen with, else alpha.",
