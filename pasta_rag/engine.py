@@ -11,7 +11,7 @@ import os
 import queue
 import threading
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
@@ -135,15 +135,10 @@ class PastaModel:
         if heads is None:
             heads = shipped_head_set(self.name)
         self.heads: HeadSet | None = self.resolve_heads(heads) if heads is not None else None
-        if alpha is None:  # a head set is chosen together with its alpha; use that one unless told otherwise
-            alpha = self.heads.metadata.get("alpha", DEFAULT_ALPHA) if self.heads is not None else DEFAULT_ALPHA
-        self.alpha = _checked_alpha(alpha)
-        if steer_generated is None:  # likewise: the head set says whether it was chosen steering generated keys
-            steer_generated = _steers_generated(self.heads, False)
-        self.steer_generated = _checked_steer_generated(steer_generated)
-        if generated_alpha is None:  # and the scale it was chosen with for generated keys (None: alpha)
-            generated_alpha = _generated_alpha(self.heads, None)
-        self.generated_alpha = _checked_generated_alpha(generated_alpha)
+        # A head set is chosen together with its settings: use its own unless told otherwise.
+        self.alpha: float = ALPHA.resolve(alpha, self.heads, DEFAULT_ALPHA)
+        self.steer_generated: bool = STEER_GENERATED.resolve(steer_generated, self.heads, False)
+        self.generated_alpha: float | None = GENERATED_ALPHA.resolve(generated_alpha, self.heads, None)
         self.pad_token_id: int = _pad_token_id(tokenizer, model)
 
     @classmethod
@@ -393,12 +388,12 @@ class PastaModel:
         return _Call(batch, state, config, rows)
 
     def _steering_state(self, batch: PromptBatch, options: SteeringOptions) -> SteeringState | None:
-        steer, heads, alpha = options.steer, options.heads, options.alpha
-        steer_generated, generated_alpha = options.steer_generated, options.generated_alpha
-        if steer_generated is not None:  # checked even when nothing is steered, so bad input always says so
-            _checked_steer_generated(steer_generated)
-        _checked_generated_alpha(generated_alpha)
-        if not steer:
+        given = ((ALPHA, options.alpha), (STEER_GENERATED, options.steer_generated),
+                 (GENERATED_ALPHA, options.generated_alpha))
+        for setting, value in given:  # checked even when nothing is steered, so bad input always says so
+            if value is not None:
+                setting.check(value)
+        if not options.steer:
             return None
         if not batch.emphasized.any():
             warnings.warn(
@@ -407,24 +402,21 @@ class PastaModel:
                 stacklevel=4,
             )
             return None
-        head_set = self.resolve_heads(heads) if heads is not None else self.heads
+        head_set = self.resolve_heads(options.heads) if options.heads is not None else self.heads
         if head_set is None:
             raise HeadSetError(
                 f"pasta-rag ships no head set for {self.name!r}; pass heads= (a JSON file, "
                 '{"layer": [heads]} or a list of layers), or profile one with `pasta-rag profile`.'
             )
-        if alpha is None:  # a per-call head set brings the alpha it was chosen with
-            alpha = head_set.metadata.get("alpha", self.alpha) if heads is not None else self.alpha
-        if steer_generated is None:  # and its choice of steering generated keys
-            steer_generated = (
-                _steers_generated(head_set, self.steer_generated) if heads is not None else self.steer_generated
-            )
-        if generated_alpha is None:
-            generated_alpha = (
-                _generated_alpha(head_set, self.generated_alpha) if heads is not None else self.generated_alpha
-            )
-        return SteeringState(batch.emphasized, head_set, _checked_alpha(alpha), self.num_heads, steer_generated,
-                             generated_alpha)
+        own = head_set if options.heads is not None else None  # a per-call head set brings its own settings
+        return SteeringState(
+            batch.emphasized,
+            head_set,
+            ALPHA.resolve(options.alpha, own, self.alpha),
+            self.num_heads,
+            STEER_GENERATED.resolve(options.steer_generated, own, self.steer_generated),
+            GENERATED_ALPHA.resolve(options.generated_alpha, own, self.generated_alpha),
+        )
 
     def resolve_heads(self, heads: HeadSetLike) -> HeadSet:
         """A head set checked against this model; ``"context"`` or ``"instructions"`` name its shipped sets."""
@@ -534,29 +526,32 @@ def _per_prompt(values: Sequence | None, count: int, what: str) -> list:
     return list(values)
 
 
-def _steers_generated(head_set: HeadSet | None, default: bool) -> bool:
-    """What a head set's metadata says about steering generated keys (it was chosen one way or the other)."""
-    if head_set is None:
-        return default
-    value = head_set.metadata.get("steer_generated", default)
-    if not isinstance(value, bool):
-        raise HeadSetError(f"The head set's metadata 'steer_generated' must be true or false, got {value!r}.")
-    return value
+@dataclass(frozen=True)
+class _Setting:
+    """A steering setting that a head set records in its metadata, because it was chosen with it.
+
+    Resolved as: the value given (checked), else the head set's own (checked as such), else ``default``
+    (the model's, or the built-in one).
+    """
+
+    name: str
+    check: Callable[[Any], Any]
+    """The value, checked; raises SteeringError saying what is allowed."""
+
+    def resolve(self, given: Any, head_set: HeadSet | None, default: Any) -> Any:
+        if given is not None:
+            return self.check(given)
+        if head_set is None or self.name not in head_set.metadata:
+            return default
+        try:
+            return self.check(head_set.metadata[self.name])
+        except SteeringError as error:
+            raise HeadSetError(f"The head set's metadata {self.name!r} is wrong: {error}") from None
 
 
-def _generated_alpha(head_set: HeadSet | None, default: float | None) -> float | None:
-    """The scale of generated keys a head set was chosen with (metadata ``generated_alpha``; absent: ``default``)."""
-    if head_set is None:
-        return default
-    value = head_set.metadata.get("generated_alpha", default)
-    if value is not None and not _is_scale(value):
-        raise HeadSetError(f"The head set's metadata 'generated_alpha' must be a number > 0 or null, got {value!r}.")
-    return value
-
-
-def _checked_alpha(alpha: float) -> float:
+def _checked_alpha(alpha: Any) -> float:
     if not _is_scale(alpha):
-        raise SteeringError(f"alpha must be > 0 (the paper uses 0.01; smaller steers harder), got {alpha}.")
+        raise SteeringError(f"alpha must be > 0 (the paper uses 0.01; smaller steers harder), got {alpha!r}.")
     return float(alpha)
 
 
@@ -577,6 +572,11 @@ def _checked_generated_alpha(generated_alpha: Any) -> float | None:
             f"used with steer_generated) or None (the head set's, else alpha), got {generated_alpha!r}."
         )
     return float(generated_alpha)
+
+
+ALPHA = _Setting("alpha", _checked_alpha)
+STEER_GENERATED = _Setting("steer_generated", _checked_steer_generated)
+GENERATED_ALPHA = _Setting("generated_alpha", _checked_generated_alpha)  # null in metadata: alpha, not the model's
 
 
 def _is_scale(value: Any) -> bool:

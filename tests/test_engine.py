@@ -165,6 +165,10 @@ def test_bad_input_is_explained(model):
     for bad in (True, "0.01"):  # a bool is not a scale (True would mean alpha 1: no steering), nor is a string
         with pytest.raises(SteeringError, match="alpha must be > 0"):
             model.generate(PROMPT, alpha=bad, max_new_tokens=2)
+    with pytest.raises(SteeringError, match="alpha must be > 0"):  # checked even when nothing is steered
+        model.generate(PROMPT, alpha=0, steer=False, max_new_tokens=2)
+    with pytest.raises(HeadSetError, match="metadata 'alpha' is wrong: alpha must be > 0"):
+        model.generate(PROMPT, heads={"heads": [1], "metadata": {"alpha": -1}}, max_new_tokens=2)
     with pytest.raises(HeadSetError, match="empty"):
         model.generate(PROMPT, heads={}, max_new_tokens=2)
     with pytest.raises(HeadSetError, match="layers 0..2"):
