@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import random
 import re
 import sys
 from functools import cache
@@ -135,3 +136,20 @@ def test_instruction_answers_obey_and_violations_do_not(generator, generated):
                     words = re.findall(r"\w+", row["context"].lower())
                     assert sum(w in ("she", "he") for w in words) >= 2, row["id"]
                     assert sum(w in ("her", "his") for w in words) >= 2, row["id"]
+
+
+def test_no_set_asks_the_same_conflict_twice(generator, generated):
+    for split, sizes in generator.SIZES.items():
+        for name in (n for n in sizes if n in CONFLICT_SETS):
+            rows = records(generated, split, name)
+            conflicts = [(row["question"], row["target_new"], row["target_true"]) for row in rows]
+            assert len(set(conflicts)) == len(conflicts), f"{split}/{name}"
+
+
+def test_subjects_come_back_only_after_every_eligible_one(generator):
+    pool = [c for c in generator.load_countries()[0] if c.has("currency")][:5]
+    subjects = generator.Subjects(random.Random(0), pool)
+    drawn = [subjects.next("currency").name for _ in range(12)]
+    for start in range(0, 10, 5):  # two full rounds of the 5, then the third begins
+        assert sorted(drawn[start : start + 5]) == sorted(c.name for c in pool)
+    assert len(set(drawn[10:])) == 2
