@@ -19,8 +19,8 @@ import torch
 from rich.progress import Progress
 
 from pasta_rag import PastaModel
-from pasta_rag.bench import machine
-from pasta_rag.evaluation import evaluate, read_examples, shipped_heads_by_task
+from pasta_rag.research.bench import machine
+from pasta_rag.research.evaluation import evaluate, read_examples, shipped_heads_by_task
 
 SETS = ("conflicts", "conflicts_long", "control", "json", "pronouns")
 METHODS = ("none", "marked", "cad", "pasta")

@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 from pasta_rag import PastaModel
-from pasta_rag.bench import machine
-from pasta_rag.evaluation import read_examples
-from pasta_rag.profiling import Checkpoint, profile_tasks, stop_row
+from pasta_rag.research.bench import machine
+from pasta_rag.research.evaluation import read_examples
+from pasta_rag.research.profiling import Checkpoint, profile_tasks, stop_row
 
 
 def main() -> None:

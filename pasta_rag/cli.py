@@ -115,7 +115,7 @@ def bench(
     out: Annotated[Path | None, typer.Option(help="Also write the JSON report to this file.")] = None,
 ) -> None:
     """Prefill time, decode tokens/s and peak memory: unsteered, steered, and a dense-mask implementation."""
-    from .bench import run_all
+    from .research.bench import run_all
 
     report = run_all(model, [int(n) for n in lengths.split(",")], new_tokens, device, heads)
     text = json.dumps(report, indent=2)
@@ -137,7 +137,7 @@ def bench(
 
 def _read_task_file(path: Path, what: str) -> list:
     """The file's examples; each malformed line is reported with its number and skipped."""
-    from .evaluation import read_examples
+    from .research.evaluation import read_examples
 
     examples, problems = read_examples(path)
     for problem in problems:
@@ -179,7 +179,7 @@ def evaluate_command(
     from rich.progress import Progress
 
     from .engine import PastaModel
-    from .evaluation import evaluate, shipped_heads_by_task
+    from .research.evaluation import evaluate, shipped_heads_by_task
 
     examples = _read_task_file(data, "task")
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
@@ -237,7 +237,7 @@ def profile(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from .engine import PastaModel
-    from .profiling import Checkpoint, choose_heads, default_ks, profile_cost, profile_tasks, profiled_head_set
+    from .research.profiling import Checkpoint, choose_heads, default_ks, profile_cost, profile_tasks, profiled_head_set
 
     tasks, dev_sets = _read_sets(train, "training"), _read_sets(dev, "dev")
     checkpoint_path = checkpoint or out.with_name(out.stem + ".partial.json")

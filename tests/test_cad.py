@@ -7,7 +7,7 @@ import torch
 from tiny import char_tokenizer, tiny_model
 
 from pasta_rag import PastaModel
-from pasta_rag.cad import generate_cad, score_cad
+from pasta_rag.research.cad import generate_cad, score_cad
 
 WITH = ["Context: the sky is green. Question: what colour is the sky?", "Context: grass is blue. Question: grass?"]
 WITHOUT = ["Question: what colour is the sky?", "Question: grass?"]

@@ -8,7 +8,7 @@ import pytest
 from tiny import char_tokenizer, tiny_model
 from typer.testing import CliRunner
 
-from pasta_rag.bench import ratios, run_all
+from pasta_rag.research.bench import ratios, run_all
 from pasta_rag.cli import app
 
 runner = CliRunner()

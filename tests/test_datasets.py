@@ -16,7 +16,7 @@ pytest.importorskip("countryinfo")
 pytest.importorskip("pycountry")
 pytest.importorskip("faker")
 
-from pasta_rag.evaluation import obeys, parse_example  # noqa: E402
+from pasta_rag.research.evaluation import obeys, parse_example  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
 DATA = ROOT / "benchmarks" / "data"

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from pasta_rag import Generation, PastaModel, parse_marked
 from pasta_rag.cli import app
 from pasta_rag.prompts import RenderedPrompt
-from pasta_rag.evaluation import (
+from pasta_rag.research.evaluation import (
     evaluate,
     first_json_object,
     follows_context,
@@ -73,7 +73,7 @@ def test_malformed_lines_are_reported_with_their_numbers(tmp_path):
 
 
 def test_cad_contrasts_with_the_prompt_without_the_emphasized_text():
-    from pasta_rag.evaluation import prompt_without_emphasis
+    from pasta_rag.research.evaluation import prompt_without_emphasis
 
     assert prompt_without_emphasis(parse_example(CONFLICT))[0]["content"] == "Context: \nQuestion: Where is the Eiffel Tower?"
     instruction = prompt_without_emphasis(parse_example(INSTRUCTION))[0]["content"]

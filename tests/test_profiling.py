@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from pasta_rag import HeadSet, PastaError, PastaModel
 from pasta_rag.cli import app
-from pasta_rag.evaluation import parse_example
-from pasta_rag.profiling import (
+from pasta_rag.research.evaluation import parse_example
+from pasta_rag.research.profiling import (
     Candidate,
     Checkpoint,
     choose_heads,
@@ -173,7 +173,7 @@ def test_a_killed_profile_resumes_where_it_stopped(tmp_path):
     assert len(saved["conflicts"]["layers"]) == 3 and len(saved["instructions"]["layers"]) == 1
 
     scored_layers = []
-    import pasta_rag.profiling as profiling
+    import pasta_rag.research.profiling as profiling
 
     original = profiling.score_heads
 

@@ -10,7 +10,7 @@ import pytest
 from pasta_rag import PastaModel, emphasize
 from pasta_rag import loading
 from pasta_rag.cli import question_prompt
-from pasta_rag.evaluation import evaluate, parse_example
+from pasta_rag.research.evaluation import evaluate, parse_example
 from pasta_rag.heads import shipped_head_set
 
 pytestmark = pytest.mark.real_model

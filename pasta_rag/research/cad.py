@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
-from .engine import Generation, PastaModel, SamplingSettings, SteeringOptions
-from .prompts import Prompt
+from ..engine import Generation, PastaModel, SamplingSettings, SteeringOptions
+from ..prompts import Prompt
 
 UNSTEERED = SteeringOptions(steer=False)
 

@@ -42,13 +42,13 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from .engine import PastaModel
-from .errors import PastaError
-from .evaluation import Example, prompt_for
-from .heads import HeadSet
-from .prompts import PLAIN_FORMAT, PLAIN_NEXT_TURN
-from .steering import SteeringState, steering
-from .tokens import EncodedPrompt, encode, pad_left
+from ...engine import PastaModel
+from ...errors import PastaError
+from ..evaluation import Example, prompt_for
+from ...heads import HeadSet
+from ...prompts import PLAIN_FORMAT, PLAIN_NEXT_TURN
+from ...steering import SteeringState, steering
+from ...tokens import EncodedPrompt, encode, pad_left
 
 Pair = tuple[int, int]
 

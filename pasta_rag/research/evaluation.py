@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from .cad import generate_cad, score_cad
-from .emphasis import emphasize
-from .engine import HeadSetLike, PastaModel
-from .errors import PastaError
-from .heads import shipped_head_set
-from .prompts import PLAIN_FORMAT, PLAIN_NEXT_TURN
+from ..emphasis import emphasize
+from ..engine import HeadSetLike, PastaModel
+from ..errors import PastaError
+from ..heads import shipped_head_set
+from ..prompts import PLAIN_FORMAT, PLAIN_NEXT_TURN
 
 METHODS = ("none", "marked", "pasta", "cad")
 TASKS = ("knowledge_conflict", "instruction")

@@ -58,7 +58,7 @@ def measure(
     The memory peak is that of the first run; times are the best of ``repeats`` runs, the usual
     way to keep other load on the machine out of a timing.
     """
-    from .engine import PastaModel
+    from ..engine import PastaModel
 
     settings = VARIANTS[variant]
     model = PastaModel.from_pretrained(
@@ -131,7 +131,7 @@ def run_all(
 
 
 def _run_worker(arguments: dict, environment: Mapping[str, str]) -> dict:
-    command = [sys.executable, "-m", "pasta_rag.bench", json.dumps(arguments)]
+    command = [sys.executable, "-m", "pasta_rag.research.bench", json.dumps(arguments)]
     worker = subprocess.run(command, capture_output=True, text=True, env=dict(environment))
     if worker.returncode:
         raise RuntimeError(
