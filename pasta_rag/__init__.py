@@ -1,7 +1,10 @@
 """pasta-rag: post-hoc attention steering (PASTA) for local LLMs in RAG chains and agents."""
 
 from .emphasis import EMPHASIS_END, EMPHASIS_START, emphasize, has_markers, parse_marked, strip_markers
-from .engine import Generation, PastaModel, SamplingSettings, TextStream
+from .batching import Generation
+from .engine import PastaModel
+from .settings import UNSET, SamplingSettings, Steering
+from .streaming import AsyncTextStream, TextStream
 from .errors import (
     ContextWindowError,
     EmphasisError,
@@ -13,6 +16,8 @@ from .errors import (
 from .heads import HeadSet
 
 __all__ = [
+    "UNSET",
+    "AsyncTextStream",
     "EMPHASIS_END",
     "EMPHASIS_START",
     "ContextWindowError",
@@ -24,6 +29,7 @@ __all__ = [
     "PastaError",
     "PastaModel",
     "SamplingSettings",
+    "Steering",
     "SteeringError",
     "TextStream",
     "emphasize",

@@ -19,7 +19,8 @@ from pasta_rag import (
     SteeringError,
     emphasize,
 )
-from pasta_rag.engine import SteeringOptions
+from pasta_rag.batching import prepare
+from pasta_rag.settings import Steering
 from pasta_rag.prompts import CHAT_TEMPLATE_FORMAT, PLAIN_FORMAT
 
 PROMPT = f"Context: {emphasize('the sky is green')}. Question: what colour is the sky? Answer:"
@@ -257,7 +258,7 @@ def test_steering_generated_keys_can_be_chosen_per_call():
     settings = SamplingSettings(max_new_tokens=1)
 
     def state(model: PastaModel, **kwargs):
-        return model._prepare([PROMPT], None, None, SteeringOptions(**kwargs), settings).state
+        return prepare(model, [PROMPT], None, None, Steering(**kwargs), settings).state
 
     assert state(paper, steer_generated=True).steer_generated is True
     assert state(chosen_so, steer_generated=False).steer_generated is False

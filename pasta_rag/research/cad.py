@@ -12,10 +12,12 @@ from collections.abc import Sequence
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
-from ..engine import Generation, PastaModel, SamplingSettings, SteeringOptions
+from ..batching import Generation, finish_all, prepare
+from ..engine import PastaModel
 from ..prompts import Prompt
+from ..settings import SamplingSettings, Steering
 
-UNSTEERED = SteeringOptions(steer=False)
+UNSTEERED = Steering(enabled=False)
 
 DEFAULT_WEIGHT = 0.5
 
@@ -58,16 +60,15 @@ def generate_cad(
 ) -> list[Generation]:
     """Greedy CAD answers: ``prompts`` hold the context, ``plain_prompts`` are the same without it."""
     settings = SamplingSettings(max_new_tokens=max_new_tokens, stop=stop)
-    call = model._prepare(prompts, None, None, UNSTEERED, settings)
-    plain = model._prepare(plain_prompts, None, None, UNSTEERED, settings)
+    call = prepare(model, prompts, None, None, UNSTEERED, settings)
+    plain = prepare(model, plain_prompts, None, None, UNSTEERED, settings)
     contrast = ContrastWithoutContext(model.model, plain.batch.input_ids.to(model.device),
                                       plain.batch.attention_mask.to(model.device), call.batch.prompt_len, weight)
     with torch.no_grad():
         output = model.model.generate(
             **call.generate_inputs(model.device), logits_processor=LogitsProcessorList([contrast])
         )
-    generated = output[:, call.batch.prompt_len :].cpu()
-    return [model._finish(row, call.prompt_tokens(i), settings, False) for i, row in enumerate(generated)]
+    return finish_all(model, output, call, settings)
 
 
 def score_cad(model: PastaModel, prompt: Prompt, plain_prompt: Prompt, continuation: str,
@@ -80,7 +81,7 @@ def score_cad(model: PastaModel, prompt: Prompt, plain_prompt: Prompt, continuat
 
 
 def _continuation_logits(model: PastaModel, prompt: Prompt, answer: list[int]) -> torch.Tensor:
-    call = model._prepare([prompt], None, None, UNSTEERED, SamplingSettings(max_new_tokens=1))
+    call = prepare(model, [prompt], None, None, UNSTEERED, SamplingSettings(max_new_tokens=1))
     input_ids = torch.cat([call.batch.input_ids, torch.tensor([answer])], dim=1).to(model.device)
     with torch.no_grad():
         logits = model.model(input_ids=input_ids).logits[0].float()

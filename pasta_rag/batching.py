@@ -1,0 +1,166 @@
+"""A prepared call: prompts rendered, tokenized and left-padded into one batch with its steering state,
+and the generated rows turned back into answers.
+
+``PastaModel`` runs every call through these two steps; code that drives ``model.generate`` itself
+(the context-aware decoding baseline, with its own logits processor) uses them too, so its prompts
+and answers are built exactly as the engine's are.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformers import GenerationConfig
+
+from .emphasis import Span
+from .errors import ContextWindowError, HeadSetError, PastaError
+from .prompts import Prompt
+from .settings import UNSET, SamplingSettings, Steering
+from .steering import SteeringState
+from .stopping import cut_at_stop
+from .tokens import PromptBatch, encode, pad_left
+
+if TYPE_CHECKING:
+    from .engine import PastaModel
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    """``stop`` (a stop string or end-of-sequence token) or ``length`` (max_new_tokens reached)."""
+    steered: bool
+    """Whether any head was steered for this prompt (False when nothing was emphasized)."""
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """Everything ``model.generate`` needs for one batch of prompts, and what its rows steer."""
+
+    batch: PromptBatch
+    state: SteeringState | None
+    """None: nothing is steered (steering off, or nothing emphasized)."""
+    config: GenerationConfig
+    steered_rows: list[bool]
+
+    def generate_inputs(self, device: torch.device) -> dict[str, Any]:
+        """The arguments every ``model.generate`` call of this prompt batch shares."""
+        return {
+            "input_ids": self.batch.input_ids.to(device),
+            "attention_mask": self.batch.attention_mask.to(device),
+            "generation_config": self.config,
+        }
+
+    def prompt_tokens(self, row: int) -> int:
+        return int(self.batch.attention_mask[row].sum())
+
+
+def prepare(
+    model: PastaModel,
+    prompts: Sequence[Prompt],
+    emphasis: Sequence[Sequence[str] | None] | None,
+    spans: Sequence[Sequence[Span] | None] | None,
+    steering: Steering,
+    sampling: SamplingSettings,
+) -> PreparedBatch:
+    """Render, tokenize and pad ``prompts``; ``emphasis`` and ``spans`` are per prompt (or None)."""
+    if isinstance(prompts, str) or not prompts:
+        raise PastaError("generate_batch takes a non-empty list of prompts; use generate for one prompt.")
+    emphasis = _per_prompt(emphasis, len(prompts), "emphasis")
+    spans = _per_prompt(spans, len(prompts), "spans")
+    encoded = []
+    for prompt, row_emphasis, row_spans in zip(prompts, emphasis, spans):
+        rendered = model.render(prompt, emphasis=row_emphasis, spans=row_spans)
+        if not rendered.text:
+            raise PastaError("The prompt is empty.")
+        encoded.append(encode(model.tokenizer, rendered))
+    batch = pad_left(encoded, model.pad_token_id)
+    check_window(model, batch.prompt_len, sampling.max_new_tokens)
+    config = sampling.generation_config(model.model.generation_config, model.pad_token_id)
+    state = steering_state(model, batch, steering)
+    rows = [bool(state is not None and state.emphasized[i].any()) for i in range(len(prompts))]
+    return PreparedBatch(batch, state, config, rows)
+
+
+def steering_state(model: PastaModel, batch: PromptBatch, steering: Steering) -> SteeringState | None:
+    """The state the attention functions read, or None when nothing is to be steered."""
+    if not model.steering.override(steering).enabled:
+        return None
+    if not batch.emphasized.any():
+        warnings.warn(
+            "Steering was asked for but nothing is emphasized; generating unsteered. Mark text with "
+            "pasta_rag.emphasize(...), or pass emphasis=[...] or spans=[...].",
+            stacklevel=5,
+        )
+        return None
+    resolved = model.resolve_steering(steering)
+    if resolved.heads is UNSET:
+        raise HeadSetError(
+            f"pasta-rag ships no head set for {model.name!r}; pass heads= (a JSON file, "
+            '{"layer": [heads]} or a list of layers), or profile one with `pasta-rag profile`.'
+        )
+    return SteeringState(
+        batch.emphasized,
+        resolved.heads,  # type: ignore[arg-type]  # a HeadSet once resolved
+        resolved.alpha,  # type: ignore[arg-type]
+        model.num_heads,
+        resolved.steer_generated,  # type: ignore[arg-type]
+        resolved.generated_alpha,  # type: ignore[arg-type]
+    )
+
+
+def check_window(model: PastaModel, prompt_len: int, max_new_tokens: int) -> None:
+    if prompt_len + max_new_tokens > model.context_window:
+        raise ContextWindowError(
+            f"The prompt has {prompt_len} tokens and up to {max_new_tokens} new tokens were asked for, "
+            f"but {model.name} reads at most {model.context_window}. Shorten the context (fewer or shorter "
+            "passages) or lower max_new_tokens."
+        )
+
+
+def answer_text(model: PastaModel, generated: Sequence[int], stop: Sequence[str]) -> tuple[str, bool]:
+    """Decode up to the first end-of-sequence token, then cut at the first stop string; (text, stopped)."""
+    ended = _first_eos(model, generated)
+    text = model.tokenizer.decode(generated[:ended], skip_special_tokens=True)
+    text, stopped = cut_at_stop(text, stop)
+    return text, stopped or ended is not None
+
+
+def finish(model: PastaModel, row: torch.Tensor, prompt_tokens: int, sampling: SamplingSettings,
+           steered: bool) -> Generation:
+    """One generated row (its padding and tokens after the end included) as an answer with its counts."""
+    tokens = row.tolist()
+    ended = _first_eos(model, tokens)
+    completion = tokens[: ended + 1] if ended is not None else [t for t in tokens if t != model.pad_token_id]
+    text, stopped = answer_text(model, tokens, sampling.stop)  # type: ignore[arg-type]
+    return Generation(text, prompt_tokens, len(completion), "stop" if stopped else "length", steered)
+
+
+def finish_all(model: PastaModel, output: torch.Tensor, prepared: PreparedBatch,
+               sampling: SamplingSettings) -> list[Generation]:
+    """The answers of a whole ``model.generate`` output (batch, prompt_len + new)."""
+    generated = output[:, prepared.batch.prompt_len :].cpu()
+    return [
+        finish(model, row, prepared.prompt_tokens(i), sampling, prepared.steered_rows[i])
+        for i, row in enumerate(generated)
+    ]
+
+
+def _first_eos(model: PastaModel, tokens: Sequence[int]) -> int | None:
+    eos = model.model.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    return next((i for i, token in enumerate(tokens) if token in eos_ids), None)
+
+
+def _per_prompt(values: Sequence | None, count: int, what: str) -> list:
+    if values is None:
+        return [None] * count
+    if len(values) != count:
+        raise PastaError(f"{what} must have one entry per prompt ({count}), got {len(values)}.")
+    return list(values)
