@@ -169,13 +169,15 @@ class PastaModel:
         emphasis: Sequence[str] | None = None,
         spans: Sequence[Span] | None = None,
         steering: Steering | None = None,
+        settings: SamplingSettings | None = None,
         **options: Any,
     ) -> Generation:
         """Generate from one prompt: a string (completion) or chat messages (the model's chat template).
 
         Emphasis comes as markers in the prompt (``emphasize``), ``emphasis`` substrings of the final
         prompt (every occurrence), or character ``spans`` of it; all are one union. Steering: ``steering``
-        and the keyword shortcuts of its fields (see the class). Decoding keywords (``SamplingSettings``):
+        and the keyword shortcuts of its fields (see the class). Decoding: ``settings=SamplingSettings(...)``
+        or its fields as keywords:
         max_new_tokens (256), min_new_tokens, temperature (0 = greedy), top_p, top_k,
         repetition_penalty, stop (strings, any number of tokens), seed.
         """
@@ -184,6 +186,7 @@ class PastaModel:
             emphasis=None if emphasis is None else [emphasis],
             spans=None if spans is None else [spans],
             steering=steering,
+            settings=settings,
             **options,
         )[0]
 
@@ -216,6 +219,7 @@ class PastaModel:
         emphasis: Sequence[str] | None = None,
         spans: Sequence[Span] | None = None,
         steering: Steering | None = None,
+        settings: SamplingSettings | None = None,
         **options: Any,
     ) -> TextStream:
         """The answer as it is generated, token by token; joined, it equals ``generate(...).text``.
@@ -224,7 +228,7 @@ class PastaModel:
         held back until it is known not to be one. Closing the stream early stops the generation;
         once it is exhausted, ``stream.generation`` holds the token counts and finish reason.
         """
-        call_steering, sampling = self._call_settings(steering, None, options)
+        call_steering, sampling = self._call_settings(steering, settings, options)
         prepared = prepare(
             self, [prompt], None if emphasis is None else [emphasis], None if spans is None else [spans], call_steering,
             sampling,

@@ -95,7 +95,8 @@ def _chunks(model: PastaModel, prepared: PreparedBatch, sampling: SamplingSettin
         )
     finally:
         cancel.set()
-        worker.join()
+        if worker is not threading.current_thread():  # an unfinished stream may be garbage-collected there
+            worker.join()
 
 
 class QueueStreamer(BaseStreamer):

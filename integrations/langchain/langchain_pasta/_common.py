@@ -8,39 +8,24 @@ the core.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-from pasta_rag import Generation, PastaModel, SamplingSettings, has_markers, strip_markers
-from pasta_rag.errors import PastaError
-from pasta_rag.heads import HeadSet
-from pasta_rag.prompts import Prompt
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, model_validator
 
-# --- loading -------------------------------------------------------------------------------
-
-_ENGINES: dict[tuple, PastaModel] = {}
-_ENGINES_LOCK = threading.Lock()
+from pasta_rag import Generation, PastaModel, SamplingSettings, Steering, has_markers, strip_markers
+from pasta_rag.prompts import Prompt
+from pasta_rag.settings import UNSET, split_options, steering_keywords
 
 
 def load_engine(model: str | os.PathLike = "default", **load_kwargs: Any) -> PastaModel:
-    """Load a core model once per process and share it.
-
-    Every ChatPasta / PastaLLM created with the same name (and the same loading options) gets
-    the same ``PastaModel``: a chain that builds several model objects, or a test suite that
-    builds one per test, loads the weights once. Head set, alpha, steer_generated and generated_alpha are not loading
-    options: they are applied per call, so instances with different head sets still share the weights.
-    """
-    key = (os.fspath(model), tuple(sorted((k, repr(v)) for k, v in load_kwargs.items())))
-    with _ENGINES_LOCK:
-        if key not in _ENGINES:
-            _ENGINES[key] = PastaModel.from_pretrained(model, **load_kwargs)
-        return _ENGINES[key]
+    """The process-wide shared model (``PastaModel.shared``): every ChatPasta / PastaLLM, and LlamaIndex's
+    PastaLLM, created with the same name and loading options gets the same weights."""
+    return PastaModel.shared(model, **load_kwargs)
 
 
 # --- fields shared by the chat model and the LLM -------------------------------------------
@@ -49,25 +34,14 @@ IGNORED_REMOTE_PARAMS = frozenset({"api_key", "base_url", "timeout", "request_ti
 """Accepted and ignored so that code written for a hosted model runs unchanged: a local model has no
 endpoint, key or network timeout."""
 
+SAMPLING_OPTIONS = {"temperature": "temperature", "max_tokens": "max_new_tokens", "max_new_tokens": "max_new_tokens",
+                    "top_p": "top_p", "top_k": "top_k", "repetition_penalty": "repetition_penalty", "seed": "seed"}
+"""Per-call decoding options, by LangChain name -> SamplingSettings name."""
+
 CALL_OPTIONS = frozenset(
-    {
-        "emphasis",
-        "spans",
-        "steer",
-        "heads",
-        "alpha",
-        "steer_generated",
-        "generated_alpha",
-        "temperature",
-        "max_tokens",
-        "max_new_tokens",
-        "top_p",
-        "top_k",
-        "repetition_penalty",
-        "seed",
-        "model",
-        "stream",  # LangChain's own per-call streaming switch; it never reaches the core
-    }
+    {"emphasis", "spans", "steering", "model", "stream"}  # stream: LangChain's own switch; it never reaches the core
+    | set(SAMPLING_OPTIONS)
+    | steering_keywords()  # every Steering field is a call option, and so is a field added to it later
 )
 
 
@@ -78,13 +52,16 @@ class PastaFields(BaseModel):
 
     model_name: str = Field(default="default", alias="model")
     """What to load: ``"default"`` (SmolLM2-135M-Instruct, shipped in a wheel), ``"gemma3-270m"``, a
-    .gguf file, a model folder or a hub id. Loaded once per process and shared (see ``load_engine``)."""
+    .gguf file, a model folder or a hub id. Loaded once per process and shared (``PastaModel.shared``)."""
     engine: PastaModel | None = Field(default=None, exclude=True)
     """An already-loaded ``pasta_rag.PastaModel``; pass the same one to several instances to share it.
     Passing a PastaModel as ``model=`` does the same."""
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Loading options for ``PastaModel.from_pretrained`` (``device``, ``dtype``, ``attn_implementation``...)."""
 
+    steering: Steering | None = None
+    """Every steering setting in one ``pasta_rag.Steering``; the fields below are its shortcuts and win
+    over it. Unset settings are the head set's own, else the model's."""
     heads: Any = None
     """The head set to steer: a ``pasta_rag.HeadSet``, ``{"layer": [heads]}``, a list of layers or a JSON
     file, or the name of a set shipped for the model: "context" (retrieved passages, the default) or
@@ -129,17 +106,14 @@ class PastaFields(BaseModel):
             if "max_tokens" in values:
                 raise ValueError("Pass max_tokens or max_new_tokens, not both (they are the same setting).")
             values["max_tokens"] = values.pop("max_new_tokens")
-        known = set()
-        for name, info in cls.model_fields.items():
-            known.add(name)
-            if info.alias:
-                known.add(info.alias)
+        known = {alias for name, info in cls.model_fields.items() for alias in (name, info.alias) if alias}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(
                 f"{cls.__name__} got unknown parameter(s) {unknown}. Generation settings are "
                 "temperature, max_tokens, top_p, top_k, repetition_penalty, stop, seed; steering settings are "
-                "heads, alpha, steer_generated, generated_alpha, steer; loading options go in model_kwargs."
+                "steering (a pasta_rag.Steering) or heads, alpha, steer_generated, generated_alpha, steer; "
+                "loading options go in model_kwargs."
             )
         return values
 
@@ -149,13 +123,8 @@ class PastaFields(BaseModel):
             self.engine = load_engine(self.model_name, **self.model_kwargs)
         elif "model_name" not in self.model_fields_set:
             self.model_name = self.engine.name
-        if self.alpha is not None and not self.alpha > 0:
-            raise ValueError(f"alpha must be > 0 (the paper uses 0.01; smaller steers harder), got {self.alpha}.")
-        if self.generated_alpha is not None and not self.generated_alpha > 0:
-            raise ValueError(f"generated_alpha must be > 0 (None: the head set's, else alpha), got {self.generated_alpha}.")
-        _check_sampling(self.temperature, self.max_tokens, self.top_p, self.top_k)
-        if self.heads is not None:
-            self.heads = _resolved_heads(self.heads, self.engine)
+        self._sampling(None, {})  # the core checks the decoding settings
+        self.engine.resolve_steering(self._field_steering())  # and the steering ones, head set included
         return self
 
     # --- per call ------------------------------------------------------------------------
@@ -165,22 +134,19 @@ class PastaFields(BaseModel):
         assert self.engine is not None  # set by the validator
         return self.engine
 
+    def _field_steering(self) -> Steering:
+        """The fields' steering: ``steering``, overridden by the shortcut fields that are set."""
+        shortcuts = {"heads": self.heads, "alpha": self.alpha, "steer_generated": self.steer_generated,
+                     "generated_alpha": self.generated_alpha, "enabled": self.steer}
+        return (self.steering or Steering()).override(**{k: v for k, v in shortcuts.items() if v is not None})
+
     def _sampling(self, stop: Sequence[str] | None, options: Mapping[str, Any]) -> SamplingSettings:
         """The decoding settings of one call: the fields, overridden by per-call options."""
+        fields = {"temperature": self.temperature, "max_new_tokens": self.max_tokens, "top_p": self.top_p,
+                  "top_k": self.top_k, "repetition_penalty": self.repetition_penalty, "seed": self.seed}
+        fields.update({SAMPLING_OPTIONS[k]: v for k, v in options.items() if k in SAMPLING_OPTIONS})
         stop = self.stop if stop is None else stop
-        if isinstance(stop, str):
-            stop = [stop]
-        settings = SamplingSettings(
-            max_new_tokens=options.get("max_tokens", options.get("max_new_tokens", self.max_tokens)),
-            temperature=options.get("temperature", self.temperature),
-            top_p=options.get("top_p", self.top_p),
-            top_k=options.get("top_k", self.top_k),
-            repetition_penalty=options.get("repetition_penalty", self.repetition_penalty),
-            stop=tuple(stop or ()),
-            seed=options.get("seed", self.seed),
-        )
-        _check_sampling(settings.temperature, settings.max_new_tokens, settings.top_p, settings.top_k)
-        return settings
+        return SamplingSettings(stop=[stop] if isinstance(stop, str) else stop, **fields)
 
     def _call_options(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
         """Validate the per-call keyword arguments (``invoke(..., emphasis=[...])`` or ``.bind(...)``)."""
@@ -205,23 +171,12 @@ class PastaFields(BaseModel):
 
     def _core_request(self, prompt: Prompt, marked_text: str, stop: Sequence[str] | None, kwargs: Mapping[str, Any]):
         options = self._call_options(kwargs)
-        emphasized = bool(options["emphasis"] or options.get("spans") or has_markers(marked_text))
-        steer = bool(options.get("steer", self.steer)) and emphasized
-        heads = options.get("heads", self.heads)
-        alpha = options.get("alpha", self.alpha)
-        steer_generated = options.get("steer_generated", self.steer_generated)  # the core checks it
-        generated_alpha = options.get("generated_alpha", self.generated_alpha)  # and this one
-        return CoreRequest(
-            prompt=prompt,
-            emphasis=options["emphasis"],
-            spans=options.get("spans"),
-            steer=steer,
-            heads=_resolved_heads(heads, self._engine) if heads is not None else None,
-            alpha=alpha,
-            steer_generated=steer_generated,
-            generated_alpha=generated_alpha,
-            settings=self._sampling(stop, options),
-        )
+        call_steering, _ = split_options(options.get("steering"), options)
+        steering = self._field_steering().override(call_steering)
+        if not (options["emphasis"] or options.get("spans") or has_markers(marked_text)):
+            steering = steering.override(enabled=False)  # nothing marked: the plain model, without the core's warning
+        self._engine.resolve_steering(steering)  # a bad head set fails here, with the core's message
+        return CoreRequest(prompt, options["emphasis"], options.get("spans"), steering, self._sampling(stop, options))
 
     def _generate_requests(self, requests: Sequence[CoreRequest]) -> list[Generation]:
         """Run requests with the same settings as one left-padded batch; prefetched results are reused."""
@@ -230,40 +185,21 @@ class PastaFields(BaseModel):
             found = prefetched.take(requests[0].key())
             if found is not None:
                 return [found]
-        first = requests[0]
         # One batch may mix steered and unsteered requests: an unsteered row carries no emphasis at all,
         # and the core steers only rows with emphasized tokens.
+        steered = [r.steering.enabled is not False for r in requests]
         return self._engine.generate_batch(
-            [r.prompt if r.steer else _without_markers(r.prompt) for r in requests],
-            emphasis=[r.emphasis if r.steer else None for r in requests],
-            spans=[r.spans if r.steer else None for r in requests],
-            steer=any(r.steer for r in requests),
-            heads=first.heads,
-            alpha=first.alpha,
-            steer_generated=first.steer_generated,
-            generated_alpha=first.generated_alpha,
-            settings=first.settings,
+            [r.prompt if on else _without_markers(r.prompt) for r, on in zip(requests, steered)],
+            emphasis=[r.emphasis if on else None for r, on in zip(requests, steered)],
+            spans=[r.spans if on else None for r, on in zip(requests, steered)],
+            steering=requests[0].steering.override(enabled=any(steered)),
+            settings=requests[0].settings,
         )
 
     def _stream_request(self, request: CoreRequest, finished: list[Generation] | None = None) -> Iterator[str]:
         """The answer's text chunks; the core's final Generation (exact counts) is appended to ``finished``."""
-        chunks = self._engine.stream(
-            request.prompt,
-            emphasis=request.emphasis,
-            spans=request.spans,
-            steer=request.steer,
-            heads=request.heads,
-            alpha=request.alpha,
-            steer_generated=request.steer_generated,
-            generated_alpha=request.generated_alpha,
-            max_new_tokens=request.settings.max_new_tokens,
-            temperature=request.settings.temperature,
-            top_p=request.settings.top_p,
-            top_k=request.settings.top_k,
-            repetition_penalty=request.settings.repetition_penalty,
-            stop=request.settings.stop,
-            seed=request.settings.seed,
-        )
+        chunks = self._engine.stream(request.prompt, emphasis=request.emphasis, spans=request.spans,
+                                     steering=request.steering, settings=request.settings)
         try:
             yield from chunks
         finally:
@@ -282,20 +218,18 @@ class PastaFields(BaseModel):
         prompt_tokens = len(engine.tokenizer(rendered.text, add_special_tokens=rendered.add_special_tokens)["input_ids"])
         completion_tokens = len(engine.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
         finish = "length" if completion_tokens >= request.settings.max_new_tokens else "stop"
-        return Generation(text, prompt_tokens, completion_tokens, finish, request.steer)
+        return Generation(text, prompt_tokens, completion_tokens, finish, request.steering.enabled is not False)
 
     def _settings_params(self) -> dict[str, Any]:
+        steering = self._field_steering()
+        resolved = self._engine.resolve_steering(steering)
         return {
             "model_name": self.model_name,
-            "heads": _describe_heads(self.heads, self._engine),
-            "alpha": self.alpha if self.alpha is not None else self._engine.alpha,
-            "steer_generated": (
-                self.steer_generated if self.steer_generated is not None else self._engine.steer_generated
-            ),
-            "generated_alpha": (
-                self.generated_alpha if self.generated_alpha is not None else self._engine.generated_alpha
-            ),
-            "steer": self.steer,
+            "heads": _describe_heads(resolved, custom=steering.heads is not UNSET),
+            "alpha": resolved.alpha,
+            "steer_generated": resolved.steer_generated,
+            "generated_alpha": resolved.generated_alpha,
+            "steer": resolved.enabled,
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
             "top_p": self.top_p,
@@ -312,27 +246,29 @@ def _without_markers(prompt: Prompt) -> Prompt:
     return [{**message, "content": strip_markers(message["content"])} for message in prompt]
 
 
+def _describe_heads(resolved: Steering, custom: bool) -> str:
+    if resolved.heads is UNSET:
+        return "none"
+    layers = sorted({layer for layer, _ in resolved.heads.pairs()})  # type: ignore[union-attr]
+    return f"{'custom' if custom else 'shipped'}: {len(resolved.heads)} heads in layers {layers}"  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True)
 class CoreRequest:
-    """One core call: the prompt and every option, resolved."""
+    """One core call: the prompt, its emphasis, and the call's settings objects."""
 
     prompt: Prompt
     emphasis: list[str] | None
     spans: Any
-    steer: bool
-    heads: HeadSet | None
-    alpha: float | None
-    steer_generated: bool | None
-    generated_alpha: float | None
+    steering: Steering
     settings: SamplingSettings
 
     def key(self) -> str:
-        return repr((self.prompt, self.emphasis, self.spans, self.steer, self.heads, self.alpha, self.steer_generated,
-                     self.generated_alpha, self.settings))
+        return repr((self.prompt, self.emphasis, self.spans, self.steering, self.settings))
 
     def batch_key(self) -> str:
-        """Requests with the same batch key can share one generate_batch call."""
-        return repr((self.heads, self.alpha, self.steer_generated, self.generated_alpha, self.settings))
+        """Requests with the same batch key can share one generate_batch call (steered or not, per row)."""
+        return repr((self.steering.override(enabled=True), self.settings))
 
 
 # --- batching through LangChain's own batch machinery --------------------------------------
@@ -382,85 +318,3 @@ def use_prefetched(prefetched: Prefetched):
 
 def reset_prefetched(token) -> None:
     _PREFETCHED.reset(token)
-
-
-# --- async streaming -----------------------------------------------------------------------
-
-T = TypeVar("T")
-_DONE = object()
-
-
-async def iterate_in_thread(make_iterator: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
-    """Run a blocking iterator in a worker thread and yield its items without blocking the event loop.
-
-    The thread feeds an asyncio queue; when the consumer stops early, the thread closes the iterator
-    at its next item (which stops the generation).
-    """
-    loop = asyncio.get_running_loop()
-    items: asyncio.Queue = asyncio.Queue()
-    cancelled = threading.Event()
-
-    def put(item: object) -> None:
-        try:
-            loop.call_soon_threadsafe(items.put_nowait, item)
-        except RuntimeError:  # the loop is gone: nobody is listening
-            cancelled.set()
-
-    def produce() -> None:
-        iterator = make_iterator()
-        try:
-            for item in iterator:
-                if cancelled.is_set():
-                    break
-                put(item)
-        except BaseException as error:  # re-raised in the consumer
-            put(_Failure(error))
-        finally:
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                close()
-            put(_DONE)
-
-    worker = threading.Thread(target=produce, name="langchain-pasta-stream", daemon=True)
-    worker.start()
-    try:
-        while (item := await items.get()) is not _DONE:
-            if isinstance(item, _Failure):
-                raise item.error
-            yield item
-    finally:
-        cancelled.set()
-
-
-@dataclass(frozen=True)
-class _Failure:
-    error: BaseException
-
-
-# --- checks --------------------------------------------------------------------------------
-
-
-def _check_sampling(temperature: float, max_tokens: int, top_p: float, top_k: int | None) -> None:
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}.")
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens must be at least 1, got {max_tokens}.")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}.")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be at least 1 (or None), got {top_k}.")
-
-
-def _resolved_heads(heads: Any, engine: PastaModel) -> HeadSet:
-    try:
-        return engine.resolve_heads(heads)
-    except PastaError as error:
-        raise ValueError(f"Bad head set for {engine.name}: {error}") from error
-
-
-def _describe_heads(heads: HeadSet | None, engine: PastaModel) -> str:
-    head_set = heads if heads is not None else engine.heads
-    if head_set is None:
-        return "none"
-    source = "custom" if heads is not None else "shipped"
-    return f"{source}: {len(head_set)} heads in layers {sorted({layer for layer, _ in head_set.pairs()})}"

@@ -19,6 +19,7 @@ from typing import Any
 from langchain_core.documents import Document
 from langchain_core.prompts import BasePromptTemplate, PromptTemplate, format_document
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
+
 from pasta_rag import emphasize, strip_markers
 
 DEFAULT_SEPARATOR = "\n\n"

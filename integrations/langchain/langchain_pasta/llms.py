@@ -11,9 +11,11 @@ from langchain_core.language_models import BaseLLM
 from langchain_core.language_models.base import LangSmithParams
 from langchain_core.outputs import Generation as LCGeneration
 from langchain_core.outputs import GenerationChunk, LLMResult
-from pasta_rag import Generation
 
-from ._common import CoreRequest, PastaFields, iterate_in_thread
+from pasta_rag import Generation
+from pasta_rag.streaming import iterate_in_thread
+
+from ._common import CoreRequest, PastaFields
 
 
 class PastaLLM(PastaFields, BaseLLM):

@@ -21,6 +21,7 @@ from langchain_core.messages import (
     SystemMessage,
     ToolMessage,
 )
+
 from pasta_rag import EMPHASIS_END, EMPHASIS_START, emphasize
 from pasta_rag.emphasis import find_substrings, has_markers
 

@@ -22,3 +22,11 @@ def real_engine() -> PastaModel:
     from langchain_pasta import load_engine
 
     return load_engine("default")
+
+
+def sent(kwargs: dict, name: str):
+    """The steering setting ``name`` a spied core call received (None: not set, inherited)."""
+    from pasta_rag.settings import UNSET
+
+    value = getattr(kwargs["steering"], name)
+    return None if value is UNSET else value

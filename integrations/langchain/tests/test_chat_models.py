@@ -15,6 +15,7 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_pasta import ChatPasta, emphasize, format_docs, load_engine, pin
 from pasta_rag import EmphasisError, PastaModel
+from lc_pasta_support import sent
 from pydantic import ValidationError
 
 MESSAGES = [SystemMessage("Be brief."), HumanMessage("Where is the tower?")]
@@ -320,11 +321,11 @@ def spy_steer_generated(engine: PastaModel, monkeypatch) -> list[tuple[str, Any]
     generate_batch, stream = engine.generate_batch, engine.stream
 
     def spy_generate_batch(prompts, **kwargs):
-        calls.append(("generate_batch", kwargs["steer_generated"]))
+        calls.append(("generate_batch", sent(kwargs, "steer_generated")))
         return generate_batch(prompts, **kwargs)
 
     def spy_stream(prompt, **kwargs):
-        calls.append(("stream", kwargs["steer_generated"]))
+        calls.append(("stream", sent(kwargs, "steer_generated")))
         return stream(prompt, **kwargs)
 
     monkeypatch.setattr(engine, "generate_batch", spy_generate_batch)
@@ -363,8 +364,8 @@ def test_generated_alpha_field_and_call_option_reach_the_core(tiny_engine, monke
     seen: list[Any] = []
     generate_batch, stream = tiny_engine.generate_batch, tiny_engine.stream
     monkeypatch.setattr(tiny_engine, "generate_batch",
-                        lambda p, **k: seen.append(k["generated_alpha"]) or generate_batch(p, **k))
-    monkeypatch.setattr(tiny_engine, "stream", lambda p, **k: seen.append(k["generated_alpha"]) or stream(p, **k))
+                        lambda p, **k: seen.append(sent(k, "generated_alpha")) or generate_batch(p, **k))
+    monkeypatch.setattr(tiny_engine, "stream", lambda p, **k: seen.append(sent(k, "generated_alpha")) or stream(p, **k))
     chat = ChatPasta(model=tiny_engine, max_tokens=6, steer_generated=True)
     chosen = ChatPasta(model=tiny_engine, max_tokens=6, steer_generated=True, generated_alpha=1e-4)
     assert chosen.invoke(marked).content == "".join(c.content for c in chosen.stream(marked)) == expected
@@ -376,7 +377,7 @@ def test_generated_alpha_field_and_call_option_reach_the_core(tiny_engine, monke
     assert chat._identifying_params["generated_alpha"] is tiny_engine.generated_alpha is None
     requests = [chat._request(marked, None, {"generated_alpha": value}) for value in (None, 1e-4, 1e-3)]
     assert len({r.batch_key() for r in requests}) == len({r.key() for r in requests}) == 3
-    with pytest.raises(ValidationError, match="generated_alpha must be > 0"):
+    with pytest.raises(ValidationError, match="generated_alpha must be a number > 0"):
         ChatPasta(model=tiny_engine, generated_alpha=0)
     for name in ("alpha", "generated_alpha"):  # a lax float would read True as 1.0 and "0.5" as 0.5
         for bad in (True, "0.5"):

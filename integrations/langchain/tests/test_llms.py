@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_pasta import PastaLLM, emphasize
+from lc_pasta_support import sent
 from pydantic import ValidationError
 
 PROMPT = "Question: where is the tower?\nAnswer:"
@@ -79,8 +80,8 @@ def test_steer_generated_field_and_call_option(llm, tiny_engine, monkeypatch):
     seen: list[Any] = []
     generate_batch, stream = tiny_engine.generate_batch, tiny_engine.stream
     monkeypatch.setattr(tiny_engine, "generate_batch",
-                        lambda p, **k: seen.append(k["steer_generated"]) or generate_batch(p, **k))
-    monkeypatch.setattr(tiny_engine, "stream", lambda p, **k: seen.append(k["steer_generated"]) or stream(p, **k))
+                        lambda p, **k: seen.append(sent(k, "steer_generated")) or generate_batch(p, **k))
+    monkeypatch.setattr(tiny_engine, "stream", lambda p, **k: seen.append(sent(k, "steer_generated")) or stream(p, **k))
     chosen = PastaLLM(model=tiny_engine, max_tokens=8, steer_generated=True)
     assert chosen.invoke(MARKED) == "".join(chosen.stream(MARKED)) == expected
     assert llm.invoke(MARKED, steer_generated=True) == "".join(llm.stream(MARKED, steer_generated=True)) == expected
