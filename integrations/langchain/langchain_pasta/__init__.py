@@ -17,7 +17,6 @@ from .messages import EMPHASIS_KEY, pin
 __all__ = [
     "EMPHASIS_KEY",
     "ChatPasta",
-    "MiniLMEmbeddings",
     "PastaDocumentFormatter",
     "PastaLLM",
     "emphasize",
@@ -28,10 +27,3 @@ __all__ = [
     "strip_markers",
 ]
 
-
-def __getattr__(name: str):
-    if name == "MiniLMEmbeddings":  # imported on use: it needs the optional embedding-model wheel
-        from .embeddings import MiniLMEmbeddings
-
-        return MiniLMEmbeddings
-    raise AttributeError(f"module 'langchain_pasta' has no attribute {name!r}")

@@ -14,9 +14,10 @@ from langchain_core.documents import Document
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_pasta import ChatPasta, emphasize, format_docs, load_engine, pin
-from pasta_rag import EmphasisError, PastaModel
 from lc_pasta_support import sent
 from pydantic import ValidationError
+
+from pasta_rag import EmphasisError, PastaModel
 
 MESSAGES = [SystemMessage("Be brief."), HumanMessage("Where is the tower?")]
 CORE = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Where is the tower?"}]

@@ -7,6 +7,7 @@ from langchain_core.documents import Document
 from langchain_core.messages import HumanMessage
 from langchain_core.prompts import PromptTemplate
 from langchain_pasta import ChatPasta, PastaDocumentFormatter, emphasize, emphasize_documents, format_docs
+
 from pasta_rag import EMPHASIS_END, EMPHASIS_START, parse_marked
 
 DOCS = [Document(page_content="The tower is in Rome.", metadata={"source": "a.txt"}), Document(page_content="It is tall.")]

