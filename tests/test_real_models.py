@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pasta_rag import PastaModel, emphasize
-from pasta_rag import loading
-from pasta_rag.cli import question_prompt
-from pasta_rag.research.evaluation import evaluate, parse_example
+from pasta_rag import PastaModel, emphasize, loading
 from pasta_rag.heads import shipped_head_set
+from pasta_rag.prompts import question_prompt
+from pasta_rag.research.evaluation import evaluate, parse_example
 
 pytestmark = pytest.mark.real_model
 

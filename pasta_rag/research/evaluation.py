@@ -12,16 +12,16 @@ import json
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .cad import generate_cad, score_cad
 from ..emphasis import emphasize
 from ..engine import HeadSetLike, PastaModel
 from ..errors import PastaError
 from ..heads import shipped_head_set
 from ..prompts import PLAIN_FORMAT, PLAIN_NEXT_TURN
+from .cad import generate_cad, score_cad
 
 METHODS = ("none", "marked", "pasta", "cad")
 TASKS = ("knowledge_conflict", "instruction")
@@ -195,7 +195,6 @@ class TaskScore:
     acc_hits: int = 0
     rep_hits: int = 0
     scored_es: bool = True
-    answers: list[str] = field(default_factory=list)
 
     def metrics(self, task: str) -> dict[str, float | int]:
         result: dict[str, float | int] = {"acc": self.acc_hits / self.n, "rep": self.rep_hits / self.n, "n": self.n}
@@ -254,7 +253,6 @@ def _score_chunk(
                                        max_new_tokens=new_tokens, stop=stop)
     for example, prompted, generation in zip(chunk, prompts, answers):
         score.n += 1
-        score.answers.append(generation.text)
         score.rep_hits += loops(generation.text)
         if example.task == "knowledge_conflict":
             score.acc_hits += follows_context(generation.text, example.target_new, example.target_true)

@@ -23,7 +23,7 @@ from langchain_core.messages import (
 )
 
 from pasta_rag import EMPHASIS_END, EMPHASIS_START, emphasize
-from pasta_rag.emphasis import find_substrings, has_markers
+from pasta_rag.emphasis import find_substrings
 
 EMPHASIS_KEY = "pasta_emphasis"
 """``additional_kwargs`` key: ``True`` emphasizes the whole message; a list of strings emphasizes those
@@ -94,10 +94,6 @@ def to_core_messages(messages: Sequence[BaseMessage], *, pin_system: bool = Fals
             text = _emphasized(text, _checked_flag(flag))
         converted.append({"role": role_of(message), "content": text})
     return converted
-
-
-def any_marked(messages: Sequence[dict[str, str]]) -> bool:
-    return any(has_markers(message["content"]) for message in messages)
 
 
 def _emphasized(text: str, flag: bool | list[str]) -> str:
