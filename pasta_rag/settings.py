@@ -93,7 +93,7 @@ class Steering:
     def override(self, other: Steering | None = None, /, **changes: Any) -> Steering:
         """A copy where every field set in ``other`` (then in ``changes``) replaces this one's."""
         given = other.given() if other is not None else {}
-        given.update({name: value for name, value in changes.items() if value is not UNSET})
+        given.update(Steering(**changes).given())  # checked, and None read as each field reads it
         return dataclasses.replace(self, **given) if given else self
 
     def given(self) -> dict[str, Any]:

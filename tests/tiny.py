@@ -81,3 +81,8 @@ def tiny_model(architecture: str, attn_implementation: str = "pasta_sdpa", seed:
     # A random model may emit end-of-sequence at once; tests that want it set it themselves.
     model.generation_config.eos_token_id = None
     return model.eval()
+
+
+STEERING_SAMPLES = {"heads": [0], "alpha": 0.05, "steer_generated": True, "generated_alpha": 1e-3, "enabled": False}
+"""One value per ``pasta_rag.Steering`` field that differs from its default, for the tests that show every
+field reaches the core (core, LangChain, LlamaIndex): a field added without a sample here fails them."""

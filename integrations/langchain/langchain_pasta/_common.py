@@ -137,7 +137,8 @@ class PastaFields(BaseModel):
     def _field_steering(self) -> Steering:
         """The fields' steering: ``steering``, overridden by the shortcut fields that are set."""
         shortcuts = {"heads": self.heads, "alpha": self.alpha, "steer_generated": self.steer_generated,
-                     "generated_alpha": self.generated_alpha, "enabled": self.steer}
+                     "generated_alpha": self.generated_alpha,
+                     "enabled": self.steer if "steer" in self.model_fields_set else None}  # True by default, not set
         return (self.steering or Steering()).override(**{k: v for k, v in shortcuts.items() if v is not None})
 
     def _sampling(self, stop: Sequence[str] | None, options: Mapping[str, Any]) -> SamplingSettings:

@@ -455,3 +455,29 @@ def test_streamed_usage_is_the_cores_exact_count(chat, tiny_engine, monkeypatch)
     assert streamed.content == invoked.content
     assert streamed.usage_metadata == invoked.usage_metadata
     assert streamed.response_metadata["finish_reason"] == invoked.response_metadata["finish_reason"]
+
+
+def test_every_steering_field_reaches_the_core(tiny_engine, monkeypatch):
+    """A field, a call option or .bind: each Steering field (a new one too) arrives in the core's Steering."""
+    import dataclasses
+
+    from pasta_rag import Steering
+    from tiny import STEERING_SAMPLES
+
+    assert set(STEERING_SAMPLES) == {f.name for f in dataclasses.fields(Steering)}
+    received: list[Steering] = []
+    generate_batch, stream = tiny_engine.generate_batch, tiny_engine.stream
+    monkeypatch.setattr(tiny_engine, "generate_batch",
+                        lambda p, **k: received.append(k["steering"]) or generate_batch(p, **k))
+    monkeypatch.setattr(tiny_engine, "stream", lambda p, **k: received.append(k["steering"]) or stream(p, **k))
+    marked = [HumanMessage(f"Context: {emphasize('The tower is in Rome.')} Where?")]
+    for name, value in STEERING_SAMPLES.items():
+        steering = Steering(**{name: value})
+        by_field = ChatPasta(model=tiny_engine, max_tokens=2, steering=steering)
+        by_field.invoke(marked)
+        "".join(c.content for c in by_field.stream(marked))
+        chat = ChatPasta(model=tiny_engine, max_tokens=2)
+        chat.invoke(marked, steering=steering)
+        chat.bind(**{name: value}).invoke(marked)  # every field is also a call option by its own name
+        assert [getattr(s, name) for s in received] == [getattr(steering, name)] * 4, name
+        received.clear()
