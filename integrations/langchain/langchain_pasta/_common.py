@@ -9,10 +9,8 @@ the core.
 from __future__ import annotations
 
 import os
-import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextvars import ContextVar
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, model_validator
@@ -20,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, mode
 from pasta_rag import Generation, PastaModel, SamplingSettings, Steering, has_markers, strip_markers
 from pasta_rag.prompts import Prompt
 from pasta_rag.settings import UNSET, split_options, steering_keywords
+
+from .batching import current_prefetched
 
 
 def load_engine(model: str | os.PathLike = "default", **load_kwargs: Any) -> PastaModel:
@@ -181,7 +181,7 @@ class PastaFields(BaseModel):
 
     def _generate_requests(self, requests: Sequence[CoreRequest]) -> list[Generation]:
         """Run requests with the same settings as one left-padded batch; prefetched results are reused."""
-        prefetched = _PREFETCHED.get()
+        prefetched = current_prefetched()
         if prefetched is not None and len(requests) == 1:
             found = prefetched.take(requests[0].key())
             if found is not None:
@@ -270,52 +270,3 @@ class CoreRequest:
     def batch_key(self) -> str:
         """Requests with the same batch key can share one generate_batch call (steered or not, per row)."""
         return repr((self.steering.override(enabled=True), self.settings))
-
-
-# --- batching through LangChain's own batch machinery --------------------------------------
-
-
-@dataclass
-class Prefetched:
-    """Results of one real batch, handed to the per-input calls LangChain's ``batch`` makes.
-
-    LangChain's ``batch`` runs one ``invoke`` per input (with its callbacks, tracing and cache). To
-    batch for real without re-implementing that, ``batch`` first generates every input in one padded
-    batch, then lets LangChain run as usual: each ``_generate`` finds its answer here instead of
-    generating it again.
-    """
-
-    results: dict[str, list[Generation]] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def add(self, key: str, generation: Generation) -> None:
-        with self.lock:
-            self.results.setdefault(key, []).append(generation)
-
-    def take(self, key: str) -> Generation | None:
-        with self.lock:
-            found = self.results.get(key)
-            return found.pop(0) if found else None
-
-
-_PREFETCHED: ContextVar[Prefetched | None] = ContextVar("langchain_pasta_prefetched", default=None)
-
-
-def prefetch(generate: Callable[[list[CoreRequest]], list[Generation]], requests: Sequence[CoreRequest]) -> Prefetched:
-    """Generate the requests in as few padded batches as their settings allow."""
-    groups: dict[str, list[CoreRequest]] = {}
-    for request in requests:
-        groups.setdefault(request.batch_key(), []).append(request)
-    prefetched = Prefetched()
-    for group in groups.values():
-        for request, generation in zip(group, generate(group)):
-            prefetched.add(request.key(), generation)
-    return prefetched
-
-
-def use_prefetched(prefetched: Prefetched):
-    return _PREFETCHED.set(prefetched)
-
-
-def reset_prefetched(token) -> None:
-    _PREFETCHED.reset(token)

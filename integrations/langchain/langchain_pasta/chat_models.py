@@ -23,13 +23,8 @@ from langchain_core.runnables import RunnableConfig
 from pasta_rag import Generation
 from pasta_rag.streaming import iterate_in_thread
 
-from ._common import (
-    CoreRequest,
-    PastaFields,
-    prefetch,
-    reset_prefetched,
-    use_prefetched,
-)
+from ._common import CoreRequest, PastaFields
+from .batching import prefetch, reset_prefetched, use_prefetched
 from .messages import to_core_messages
 
 
