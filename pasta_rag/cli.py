@@ -101,7 +101,9 @@ def ask(
 def bench(
     model: ModelOption = "default",
     lengths: Annotated[str, typer.Option(help="Prompt lengths in tokens, comma-separated.")] = "256,1024,4096",
-    new_tokens: Annotated[int, typer.Option(min=2, help="Tokens decoded per run (all variants decode this many).")] = 128,
+    new_tokens: Annotated[
+        int, typer.Option(min=2, help="Tokens decoded per run (every variant decodes this many).")
+    ] = 128,
     rounds: Annotated[
         int, typer.Option(min=1, help="Rounds per length; each times every variant once, in a changing order.")
     ] = 7,
@@ -115,6 +117,8 @@ def bench(
     Variants are interleaved round by round, and steered / unsteered ratios are paired within a
     round; each figure is a median with its spread over the rounds.
     """
+    from rich.markup import escape
+
     from .research.bench import run_all
 
     report = run_all(model, [int(n) for n in lengths.split(",")], new_tokens, device, heads, rounds=rounds)
@@ -126,7 +130,7 @@ def bench(
         print(text)
         return
     title = f"{report['model']} on {report['machine']}: median [min, max] of {report['rounds']} rounds"
-    table = Table(title=title)
+    table = Table(title=escape(title))
     for column in ("variant", "prompt tokens", "prefill s", "decode tok/s", "peak MB"):
         table.add_column(column, justify="right")
     for r in report["results"]:
@@ -140,7 +144,7 @@ def bench(
     def cell(ratio: dict) -> str:
         return f"{ratio['median']:.3f} [{ratio['q1']:.3f}, {ratio['q3']:.3f}] ({ratio['min']:.3f}, {ratio['max']:.3f})"
 
-    ratio_table = Table(title="against unsteered, paired within each round: median [q1, q3] (min, max)")
+    ratio_table = Table(title=escape("against unsteered, paired within each round: median [q1, q3] (min, max)"))
     for column in ("variant@length", "decode speed", "prefill time", "peak memory"):
         ratio_table.add_column(column, justify="right")
     for key, entry in report["ratios"].items():

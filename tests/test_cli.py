@@ -8,8 +8,8 @@ import pytest
 from tiny import char_tokenizer, tiny_model
 from typer.testing import CliRunner
 
-from pasta_rag.research.bench import ratios, run_all
 from pasta_rag.cli import app
+from pasta_rag.research.bench import ratios, round_order, run_all, spread, summarize
 
 runner = CliRunner()
 
@@ -57,23 +57,110 @@ def test_ask_reports_bad_input_without_a_traceback(model_dir):
 
 
 def test_bench_measures_every_variant(model_dir):
-    report = run_all(str(model_dir), [24], new_tokens=3, device="cpu", heads=str(model_dir / "heads.json"))
+    report = run_all(str(model_dir), [24], new_tokens=3, device="cpu", heads=str(model_dir / "heads.json"), rounds=2)
     variants = {r["variant"] for r in report["results"]}
     assert variants == {"unsteered", "steered", "dense_mask"}
-    assert all(r["prompt_tokens"] == 24 and r["decode_tokens_per_s"] > 0 for r in report["results"])
+    assert all(r["prompt_tokens"] == 24 and r["decode_tokens_per_s"]["median"] > 0 for r in report["results"])
     assert set(report["ratios"]) == {"steered@24", "dense_mask@24"}
+    assert report["rounds"] == 2 and "--rounds 2" in report["command"] and "--new-tokens 3" in report["command"]
+    rounds = [[t["variant"] for t in report["timings"] if t["round"] == r] for r in range(2)]
+    assert all(sorted(names) == sorted(variants) for names in rounds) and rounds[0] != rounds[1]
+    assert all(r["peak_memory_mb"] is not None for r in report["results"])
 
 
 def test_bench_failures_show_the_worker_error(model_dir):
     with pytest.raises(RuntimeError, match="ships no head set"):
-        run_all(str(model_dir), [24], new_tokens=3, device="cpu", variants=["steered"])
+        run_all(str(model_dir), [24], new_tokens=3, device="cpu", variants=["steered"], rounds=1)
+
+
+def test_bench_prints_medians_and_paired_ratios(monkeypatch):
+    timings = [_timing(v, 8, r, tps, 1.0) for r in range(3) for v, tps in (("unsteered", 10.0), ("steered", 9.0))]
+    results = summarize(timings, {("unsteered", 8): 100.0, ("steered", 8): 101.0})
+    report = {"model": "m", "machine": "x", "rounds": 3, "results": results, "ratios": ratios(results, timings)}
+    seen = {}
+
+    def fake_run_all(source, lengths, new_tokens, device, heads, rounds):
+        seen.update(lengths=lengths, new_tokens=new_tokens, rounds=rounds)
+        return report
+
+    monkeypatch.setattr("pasta_rag.research.bench.run_all", fake_run_all)
+    result = runner.invoke(app, ["bench", "--lengths", "8", "--new-tokens", "9", "--rounds", "3"])
+    assert result.exit_code == 0, result.output
+    assert seen == {"lengths": [8], "new_tokens": 9, "rounds": 3}
+    assert "median [min, max] of 3 rounds" in result.output and "steered@8" in result.output
+    assert "0.900" in result.output and "1.01" in result.output  # the paired decode ratio, the memory ratio
+    defaults = runner.invoke(app, ["bench"])
+    assert defaults.exit_code == 0 and seen == {"lengths": [256, 1024, 4096], "new_tokens": 128, "rounds": 7}
+
+
+def _timing(variant, length, round_index, decode_tokens_per_s, prefill_s):
+    return {"variant": variant, "prompt_tokens": length, "new_tokens": 9, "round": round_index, "position": 0,
+            "prefill_s": prefill_s, "decode_s": 8 / decode_tokens_per_s, "decode_tokens_per_s": decode_tokens_per_s}
 
 
 def test_ratios_compare_against_unsteered_at_the_same_length():
     results = [
-        {"variant": "unsteered", "prompt_tokens": 8, "decode_tokens_per_s": 10.0, "prefill_s": 1.0, "peak_memory_mb": 100.0},
-        {"variant": "steered", "prompt_tokens": 8, "decode_tokens_per_s": 9.5, "prefill_s": 1.2, "peak_memory_mb": 105.0},
+        {"variant": "unsteered", "prompt_tokens": 8, "peak_memory_mb": 100.0},
+        {"variant": "steered", "prompt_tokens": 8, "peak_memory_mb": 105.0},
     ]
-    assert ratios(results) == {
-        "steered@8": {"decode_speed_ratio": 0.95, "prefill_time_ratio": 1.2, "peak_memory_ratio": 1.05}
+    timings = [_timing("unsteered", 8, 0, 10.0, 1.0), _timing("steered", 8, 0, 9.5, 1.2)]
+    def one_round(ratio):
+        return {"median": ratio, "q1": ratio, "q3": ratio, "min": ratio, "max": ratio, "n": 1, "per_round": [ratio]}
+
+    decode, prefill = one_round(0.95), one_round(1.2)
+    assert ratios(results, timings) == {
+        "steered@8": {"decode_speed_ratio": decode, "prefill_time_ratio": prefill, "peak_memory_ratio": 1.05}
     }
+
+
+def test_ratios_pair_each_round_with_the_unsteered_run_of_the_same_round():
+    # The machine slows down in round 1 and speeds up in round 2; steered is 10% slower in every round
+    # but round 1, where it is 10% faster. Medians taken apart (22 / 20) would say 1.1; paired: 0.9.
+    unsteered = {0: 10.0, 1: 20.0, 2: 40.0}
+    steered = {0: 9.0, 1: 22.0, 2: 36.0}
+    timings = [_timing("steered", 8, r, steered[r], 2 * unsteered[r]) for r in (2, 0, 1)]
+    timings += [_timing("unsteered", 8, r, unsteered[r], unsteered[r]) for r in (1, 2, 0)]
+    timings += [_timing("unsteered", 16, r, 1.0, 1.0) for r in range(3)]  # another length: never a partner
+    entry = ratios([], timings)["steered@8"]
+    assert entry["decode_speed_ratio"]["per_round"] == [0.9, 1.1, 0.9]
+    assert entry["decode_speed_ratio"]["median"] == 0.9
+    assert (entry["decode_speed_ratio"]["min"], entry["decode_speed_ratio"]["max"]) == (0.9, 1.1)
+    assert entry["prefill_time_ratio"]["per_round"] == [2.0, 2.0, 2.0]
+    assert "peak_memory_ratio" not in entry  # no memory measured here
+    assert set(ratios([], timings)) == {"steered@8"}
+
+
+def test_ratios_leave_out_rounds_without_a_partner():
+    timings = [_timing("unsteered", 8, 0, 10.0, 1.0), _timing("steered", 8, 0, 5.0, 1.0),
+               _timing("steered", 8, 1, 100.0, 1.0)]
+    assert ratios([], timings)["steered@8"]["decode_speed_ratio"]["per_round"] == [0.5]
+
+
+def test_spread_gives_median_quartiles_and_range():
+    skewed = spread([100.0, 1.0, 4.0, 2.0, 3.0])  # unsorted, and its mean (22) is far from its median
+    assert skewed == {"median": 3.0, "q1": 2.0, "q3": 4.0, "min": 1.0, "max": 100.0, "n": 5}
+    even = spread([4.0, 1.0, 3.0, 2.0])
+    assert even["median"] == 2.5 and (even["min"], even["max"]) == (1.0, 4.0) and even["q1"] < 2.5 < even["q3"]
+    assert spread([7.0])["median"] == spread([7.0])["q1"] == spread([7.0])["max"] == 7.0
+    with pytest.raises(ValueError):
+        spread([])
+
+
+def test_summarize_gives_each_variant_its_own_spread():
+    timings = [_timing("unsteered", 8, r, tps, 0.1 * (r + 1)) for r, tps in enumerate([10.0, 30.0, 20.0])]
+    timings += [_timing("steered", 8, r, 100.0, 1.0) for r in range(3)]
+    rows = {row["variant"]: row for row in summarize(timings, {("unsteered", 8): 50.0})}
+    assert rows["unsteered"]["decode_tokens_per_s"]["median"] == 20.0
+    assert rows["unsteered"]["prefill_s"]["max"] == pytest.approx(0.3)
+    assert rows["steered"]["decode_tokens_per_s"]["median"] == 100.0
+    assert rows["unsteered"]["peak_memory_mb"] == 50.0 and rows["steered"]["peak_memory_mb"] is None
+
+
+def test_round_order_balances_places_and_predecessors():
+    variants = ["unsteered", "steered", "dense_mask"]
+    orders = [round_order(variants, r) for r in range(6)]
+    assert all(sorted(order) == sorted(variants) for order in orders)
+    for place in range(3):  # every 3 rounds, each variant takes each place once
+        assert sorted(order[place] for order in orders[:3]) == sorted(variants)
+    pairs = [(order[i], order[i + 1]) for order in orders for i in range(2)]
+    assert all(pairs.count((a, b)) == 2 for a in variants for b in variants if a != b)
