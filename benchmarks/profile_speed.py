@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -25,7 +26,10 @@ import torch
 from pasta_rag import PastaModel
 from pasta_rag.research.bench import machine
 from pasta_rag.research.evaluation import read_examples
-from pasta_rag.research.profiling import Checkpoint, profile_tasks, score_heads_plainly, scoring_row
+from pasta_rag.research.profiling import Checkpoint, profile_tasks, scoring_row
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the plain loop is a test reference
+from reference import score_heads_plainly
 
 
 def main() -> None:

@@ -4,17 +4,26 @@ Eager attention over the whole sequence (no cache), with an explicit dense
 (batch, heads, q, k) mask built here from first principles: causal, padding,
 sliding window, and log(alpha) on non-emphasized prompt keys of steered heads.
 It ignores the mask transformers passes, so it shares no code with the fast path.
+
+``score_heads_plainly`` is the profiler's reference the same way: one full
+forward per head per example, which the batched ``score_heads`` must match.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+from pasta_rag.engine import PastaModel
+from pasta_rag.heads import HeadSet
+from pasta_rag.research.profiling import LayerDone, ScoringRow, _Batch
+from pasta_rag.steering import SteeringState, steering
 
 REFERENCE = "pasta_reference"
 
@@ -86,3 +95,37 @@ class reference_setup:
 
     def __exit__(self, *exc):
         _setup.reset(self.token)
+
+
+def score_heads_plainly(
+    model: PastaModel,
+    rows: Sequence[ScoringRow],
+    alpha: float,
+    *,
+    layers: Sequence[int] | None = None,
+    on_layer: LayerDone | None = None,
+) -> torch.Tensor:
+    """The plain loop: one full forward per head per example. The reference ``score_heads`` must match."""
+    num_layers, num_heads = model.num_layers, model.num_heads
+    layers = list(range(num_layers)) if layers is None else list(layers)
+    scores = torch.full((num_layers, num_heads), math.nan)
+    batches = [_Batch.of([row], model.pad_token_id) for row in rows]
+    with torch.no_grad():
+        unsteered = [batch.margin(_last_logits(model, batch)) for batch in batches]
+        for layer in layers:
+            for head in range(num_heads):
+                heads = HeadSet.from_pairs([(layer, head)])
+                gains = []
+                for batch, base in zip(batches, unsteered):
+                    state = SteeringState(batch.unbiased, heads, alpha, num_heads)
+                    with steering(state):
+                        gains.append(batch.margin(_last_logits(model, batch)) - base)
+                scores[layer, head] = torch.cat(gains).mean()
+            if on_layer:
+                on_layer(layer, scores[layer])
+    return scores
+
+
+def _last_logits(model: PastaModel, batch: _Batch) -> torch.Tensor:
+    output = model.model(input_ids=batch.input_ids.to(model.device), logits_to_keep=1)
+    return output.logits[:, -1]  # (rows, vocab)

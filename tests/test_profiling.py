@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from reference import score_heads_plainly
 from tiny import ARCHITECTURES, char_tokenizer, tiny_model
 from typer.testing import CliRunner
 
@@ -16,13 +17,12 @@ from pasta_rag.research.evaluation import parse_example
 from pasta_rag.research.profiling import (
     Candidate,
     Checkpoint,
+    _Batch,
     choose_heads,
     intersect_top_k,
     profile_tasks,
-    _Batch,
     profiled_head_set,
     score_heads,
-    score_heads_plainly,
     scoring_row,
     stop_row,
     top_k,
@@ -173,19 +173,19 @@ def test_a_killed_profile_resumes_where_it_stopped(tmp_path):
     assert len(saved["conflicts"]["layers"]) == 3 and len(saved["instructions"]["layers"]) == 1
 
     scored_layers = []
-    import pasta_rag.research.profiling as profiling
+    from pasta_rag.research.profiling import run  # profile_tasks reads score_heads from its own module
 
-    original = profiling.score_heads
+    original = run.score_heads
 
     def counting(*args, layers, **kwargs):
         scored_layers.append(list(layers))
         return original(*args, layers=layers, **kwargs)
 
-    profiling.score_heads = counting
+    run.score_heads = counting
     try:
         resumed = profile_tasks(model, tasks, 0.01, Checkpoint.open(path, model.name, 0.01))
     finally:
-        profiling.score_heads = original
+        run.score_heads = original
     assert scored_layers == [[1, 2]]  # the conflicts task and layer 0 of the other were not redone
     fresh = profile_tasks(model, tasks, 0.01, Checkpoint.open(None, model.name, 0.01))
     for name in tasks:
