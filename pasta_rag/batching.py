@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import GenerationConfig
 
-from .emphasis import Span
+from .emphasis import CONTEXT, INSTRUCTIONS, Span
 from .errors import ContextWindowError, HeadSetError, PastaError
+from .heads import PURPOSES, HeadSet
 from .prompts import Prompt
 from .settings import UNSET, SamplingSettings, Steering
 from .steering import SteeringState
@@ -44,10 +45,16 @@ class PreparedBatch:
     """Everything ``model.generate`` needs for one batch of prompts, and what its rows steer."""
 
     batch: PromptBatch
-    state: SteeringState | None
-    """None: nothing is steered (steering off, or nothing emphasized)."""
+    states: tuple[SteeringState, ...]
+    """One per emphasis group that steers something; none: the plain model (steering off, nothing emphasized)."""
     config: GenerationConfig
     steered_rows: list[bool]
+
+    @property
+    def state(self) -> SteeringState | None:
+        """The ``context`` group's state (the only one unless other groups are emphasized)."""
+        context = self.batch.emphasized
+        return next((s for s in self.states if s.emphasized is context), None)
 
     def generate_inputs(self, device: torch.device) -> dict[str, Any]:
         """The arguments every ``model.generate`` call of this prompt batch shares."""
@@ -83,35 +90,62 @@ def prepare(
     batch = pad_left(encoded, model.pad_token_id)
     check_window(model, batch.prompt_len, sampling.max_new_tokens)
     config = sampling.generation_config(model.model.generation_config, model.pad_token_id)
-    state = steering_state(model, batch, steering)
-    rows = [bool(state is not None and state.emphasized[i].any()) for i in range(len(prompts))]
-    return PreparedBatch(batch, state, config, rows)
+    states = steering_states(model, batch, steering)
+    rows = [any(bool(state.emphasized[i].any()) for state in states) for i in range(len(prompts))]
+    return PreparedBatch(batch, states, config, rows)
 
 
-def steering_state(model: PastaModel, batch: PromptBatch, steering: Steering) -> SteeringState | None:
-    """The state the attention functions read, or None when nothing is to be steered."""
-    if not model.steering.override(steering).enabled:
-        return None
-    if not batch.emphasized.any():
+def steering_states(model: PastaModel, batch: PromptBatch, steering: Steering) -> tuple[SteeringState, ...]:
+    """The state of each emphasis group that steers something (none: the plain model).
+
+    A head in several groups' sets is steered by one group only: the first in ``group_order``, so
+    trusted text (the ``instructions`` group) keeps a head that the ``context`` set also names.
+    """
+    call = model.steering.override(steering)
+    if not call.enabled:
+        return ()
+    names = group_order(batch, call)
+    if not names:
         warnings.warn(
             "Steering was asked for but nothing is emphasized; generating unsteered. Mark text with "
             "pasta_rag.emphasize(...), or pass emphasis=[...] or spans=[...].",
             stacklevel=5,
         )
-        return None
-    resolved = model.resolve_steering(steering)
-    if resolved.heads is UNSET:
-        raise HeadSetError(
-            f"pasta-rag ships no head set for {model.name!r}; pass heads= (a JSON file, "
-            '{"layer": [heads]} or a list of layers), or profile one with `pasta-rag profile`.'
-        )
-    return SteeringState(
-        batch.emphasized,
-        resolved.heads,  # type: ignore[arg-type]  # a HeadSet once resolved
-        resolved.alpha,  # type: ignore[arg-type]
-        model.num_heads,
-        resolved.steer_generated,  # type: ignore[arg-type]
-        resolved.generated_alpha,  # type: ignore[arg-type]
+        return ()
+    states: list[SteeringState] = []
+    claimed: set[tuple[int, int]] = set()
+    for name in names:
+        resolved = model.resolve_steering(steering if name == CONTEXT else _group_steering(model, call, name))
+        if not resolved.enabled:
+            continue
+        if resolved.heads is UNSET:
+            raise HeadSetError(
+                f"pasta-rag ships no head set for {model.name!r}; pass heads= (a JSON file, "
+                '{"layer": [heads]} or a list of layers), or profile one with `pasta-rag profile`.'
+            )
+        heads = HeadSet.from_pairs([p for p in resolved.heads.pairs() if p not in claimed])  # type: ignore[union-attr]
+        claimed.update(heads.pairs())
+        if heads:
+            states.append(SteeringState(batch.group(name), heads, resolved.alpha, model.num_heads,  # type: ignore[arg-type]
+                                        resolved.steer_generated, resolved.generated_alpha))  # type: ignore[arg-type]
+    return tuple(states)
+
+
+def group_order(batch: PromptBatch, call: Steering) -> list[str]:
+    """The groups with emphasized tokens, in the order they claim heads: instructions, yours, context."""
+    named = list(call.groups) if call.groups is not UNSET else []  # type: ignore[arg-type]
+    order = [INSTRUCTIONS] + [n for n in named if n != INSTRUCTIONS] + sorted(set(batch.groups) - {INSTRUCTIONS, *named})
+    return [name for name in [*order, CONTEXT] if batch.group(name).any()]
+
+
+def _group_steering(model: PastaModel, call: Steering, name: str) -> Steering:
+    if call.groups is not UNSET and name in call.groups:  # type: ignore[operator]
+        return call.groups[name]  # type: ignore[index]
+    if name in PURPOSES:
+        return Steering(heads=name)  # the model's set for that purpose, with its own settings
+    raise HeadSetError(
+        f"The prompt emphasizes group {name!r}, which has no settings: pass "
+        f"steering=Steering(groups={{{name!r}: Steering(heads=...)}})."
     )
 
 

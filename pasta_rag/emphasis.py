@@ -19,14 +19,27 @@ from .errors import EmphasisError
 EMPHASIS_START = "\ue000"
 EMPHASIS_END = "\ue001"
 
+CONTEXT = "context"
+INSTRUCTIONS = "instructions"
+
+GROUP_MARKERS: dict[str, tuple[str, str]] = {
+    CONTEXT: (EMPHASIS_START, EMPHASIS_END),
+    INSTRUCTIONS: ("\ue002", "\ue003"),
+}
+"""The marker pair of each emphasis group. A group is steered with its own head set: ``context`` (retrieved
+passages) with the model's context set, ``instructions`` (the chain's own instruction, the user's question)
+with its instructions set, so trusted text and documents are pushed up by different heads."""
+
 Span = tuple[int, int]
 """A half-open character range ``[start, end)``."""
 
-_MARKERS = re.compile(f"[{EMPHASIS_START}{EMPHASIS_END}]")
+_ALL_MARKERS = "".join(start + end for start, end in GROUP_MARKERS.values())
+_MARKERS = re.compile(f"[{_ALL_MARKERS}]")
+_GROUP_OF = {marker: group for group, pair in GROUP_MARKERS.items() for marker in pair}
 
 
 def strip_markers(text: str) -> str:
-    """Remove every marker character: the way to neutralise untrusted text."""
+    """Remove every marker character of every group: the way to neutralise untrusted text."""
     return _MARKERS.sub("", text)
 
 
@@ -34,49 +47,61 @@ def has_markers(text: str) -> bool:
     return _MARKERS.search(text) is not None
 
 
-def emphasize(text: str) -> str:
-    """Wrap ``text`` in emphasis markers, after removing any markers it already holds.
+def emphasize(text: str, group: str = CONTEXT) -> str:
+    """Wrap ``text`` in the markers of ``group``, after removing any markers it already holds.
 
     >>> parse_marked("Answer from: " + emphasize("the sky is green"))
     ('Answer from: the sky is green', [(13, 29)])
     """
-    return f"{EMPHASIS_START}{strip_markers(text)}{EMPHASIS_END}"
+    if group not in GROUP_MARKERS:
+        raise EmphasisError(f"Unknown emphasis group {group!r}; the groups with markers are {list(GROUP_MARKERS)}.")
+    start, end = GROUP_MARKERS[group]
+    return f"{start}{strip_markers(text)}{end}"
 
 
 def parse_marked(text: str) -> tuple[str, list[Span]]:
-    """Strip the markers of ``text``; return the plain text and the emphasized spans on it.
+    """Strip the markers of ``text``; return the plain text and the emphasized spans on it (every group's)."""
+    plain, groups = parse_groups(text)
+    return plain, merge_spans(span for spans in groups.values() for span in spans)
 
-    Nested markers are allowed (the spans are a union); an unbalanced marker is an error,
-    because silently dropping it would steer toward the wrong text.
+
+def parse_groups(text: str) -> tuple[str, dict[str, list[Span]]]:
+    """Strip the markers of ``text``; return the plain text and, per group that has any, its spans on it.
+
+    Each group is read on its own: markers of one group may nest (the spans are a union) and may
+    overlap another group's. An unbalanced marker is an error, because silently dropping it would
+    steer toward the wrong text.
     """
     plain: list[str] = []
-    spans: list[Span] = []
-    depth = 0
-    opened_at = 0
+    spans: dict[str, list[Span]] = {}
+    depth = dict.fromkeys(GROUP_MARKERS, 0)
+    opened_at = dict.fromkeys(GROUP_MARKERS, 0)
     position = 0
-    for piece in re.split(f"([{EMPHASIS_START}{EMPHASIS_END}])", text):
-        if piece == EMPHASIS_START:
-            if depth == 0:
-                opened_at = position
-            depth += 1
-        elif piece == EMPHASIS_END:
-            if depth == 0:
-                raise EmphasisError(
-                    f"An emphasis end marker at character {position} of the plain text has no start marker. "
-                    "Build emphasized text with pasta_rag.emphasize(text), not by hand."
-                )
-            depth -= 1
-            if depth == 0:
-                spans.append((opened_at, position))
-        else:
+    for piece in re.split(f"([{_ALL_MARKERS}])", text):
+        group = _GROUP_OF.get(piece)
+        if group is None:
             plain.append(piece)
             position += len(piece)
-    if depth:
-        raise EmphasisError(
-            f"An emphasis start marker at character {opened_at} is never closed. "
-            "Build emphasized text with pasta_rag.emphasize(text), not by hand."
-        )
-    return "".join(plain), merge_spans(spans)
+        elif piece == GROUP_MARKERS[group][0]:
+            if depth[group] == 0:
+                opened_at[group] = position
+            depth[group] += 1
+        else:
+            if depth[group] == 0:
+                raise EmphasisError(
+                    f"An emphasis end marker ({group}) at character {position} of the plain text has no start "
+                    "marker. Build emphasized text with pasta_rag.emphasize(text), not by hand."
+                )
+            depth[group] -= 1
+            if depth[group] == 0:
+                spans.setdefault(group, []).append((opened_at[group], position))
+    for group, open_count in depth.items():
+        if open_count:
+            raise EmphasisError(
+                f"An emphasis start marker ({group}) at character {opened_at[group]} is never closed. "
+                "Build emphasized text with pasta_rag.emphasize(text), not by hand."
+            )
+    return "".join(plain), {group: merge_spans(found) for group, found in spans.items()}
 
 
 def find_substrings(text: str, substrings: Iterable[str]) -> list[Span]:

@@ -314,7 +314,7 @@ class PastaModel:
 
 
 def _steered(prepared: PreparedBatch):
-    return steering(prepared.state)
+    return steering(prepared.states)
 
 
 def _pad_token_id(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> int:

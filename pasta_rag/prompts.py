@@ -8,11 +8,12 @@ message would point at the wrong characters of the rendered prompt.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from transformers import PreTrainedTokenizerBase
 
-from .emphasis import Span, check_spans, find_substrings, merge_spans, parse_marked
+from .emphasis import CONTEXT, Span, check_spans, find_substrings, merge_spans, parse_groups
+from .errors import EmphasisError
 
 Message = Mapping[str, str]
 """A chat message: ``{"role": "system" | "user" | "assistant", "content": str}``."""
@@ -24,40 +25,63 @@ PLAIN_FORMAT = "plain"
 CHAT_TEMPLATE_FORMAT = "chat_template"
 
 
+GroupedEmphasis = Sequence[str] | Mapping[str, Sequence[str]]
+"""Emphasized substrings: a list (the ``context`` group) or a list per group name."""
+GroupedSpans = Sequence[Span] | Mapping[str, Sequence[Span]]
+"""Emphasized character spans: a list (the ``context`` group) or a list per group name."""
+
+
 @dataclass(frozen=True)
 class RenderedPrompt:
     text: str
     """The final prompt, markers stripped: exactly what is tokenized."""
     spans: list[Span]
-    """Emphasized character ranges of ``text``."""
+    """Emphasized character ranges of ``text`` in the ``context`` group (the default one)."""
     add_special_tokens: bool
     """False when a chat template already wrote the special tokens."""
     format: str
     """``chat_template`` or ``plain`` (a model without a template, e.g. a base model)."""
+    groups: Mapping[str, list[Span]] = field(default_factory=dict)
+    """The emphasized ranges of every other group (``instructions``, ...) that has any, by group."""
 
 
 def render(
     tokenizer: PreTrainedTokenizerBase,
     prompt: Prompt,
-    emphasis: Sequence[str] | None = None,
-    spans: Sequence[Span] | None = None,
+    emphasis: GroupedEmphasis | None = None,
+    spans: GroupedSpans | None = None,
 ) -> RenderedPrompt:
     """Render ``prompt`` and resolve all three kinds of emphasis on the result.
 
     ``emphasis`` substrings match every occurrence in the final prompt; ``spans``
-    are character ranges of the final prompt (see ``PastaModel.render``).
+    are character ranges of the final prompt (see ``PastaModel.render``). Either is a
+    list for the ``context`` group or a mapping from group name to list.
     """
     if isinstance(prompt, str):
         marked, add_special, fmt = prompt, True, PLAIN_FORMAT
     else:
         marked, add_special, fmt = _render_messages(tokenizer, prompt)
-    text, marked_spans = parse_marked(marked)
-    resolved = list(marked_spans)
-    if emphasis:
-        resolved += find_substrings(text, emphasis)
-    if spans:
-        resolved += check_spans(spans, len(text))
-    return RenderedPrompt(text, merge_spans(resolved), add_special, fmt)
+    text, resolved = parse_groups(marked)
+    for group, substrings in _by_group(emphasis).items():
+        resolved[group] = resolved.get(group, []) + find_substrings(text, substrings)
+    for group, ranges in _by_group(spans).items():
+        resolved[group] = resolved.get(group, []) + check_spans(ranges, len(text))
+    merged = {group: merge_spans(found) for group, found in resolved.items() if found}
+    context = merged.pop(CONTEXT, [])
+    return RenderedPrompt(text, context, add_special, fmt, merged)
+
+
+def _by_group(values: Mapping[str, Sequence] | Sequence | None) -> dict[str, Sequence]:
+    if not values:
+        return {}
+    if isinstance(values, str):
+        raise EmphasisError(f"Emphasis is a list of substrings (or of spans), not one string: [{values!r}].")
+    if isinstance(values, Mapping):
+        for group in values:
+            if not isinstance(group, str) or not group:
+                raise EmphasisError(f"Emphasis groups are named by non-empty strings, got {group!r}.")
+        return {group: found for group, found in values.items() if found}
+    return {CONTEXT: values}
 
 
 def _render_messages(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message]) -> tuple[str, bool, str]:

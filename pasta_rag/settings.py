@@ -12,10 +12,12 @@ import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Final, TypedDict
 
 from transformers import GenerationConfig
 
+from .emphasis import CONTEXT, INSTRUCTIONS
 from .errors import HeadSetError, PastaError, SteeringError
 from .heads import HeadSet
 
@@ -68,9 +70,12 @@ class Steering:
     """With steer_generated, the scale of generated keys; None: alpha."""
     enabled: bool | _Unset = UNSET
     """False runs the plain model; emphasis is then ignored."""
+    groups: Mapping[str, Steering] | _Unset = UNSET
+    """The settings of the other emphasis groups, by name (these fields are the ``context`` group's). Unset:
+    each group is steered with the model's head set of its name (``instructions``) and that set's own settings."""
 
     def __post_init__(self) -> None:
-        for name in ("heads", "alpha", "steer_generated", "enabled"):
+        for name in ("heads", "alpha", "steer_generated", "enabled", "groups"):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, UNSET)
         for name, check in _CHECKS.items():
@@ -99,13 +104,6 @@ class Steering:
     def given(self) -> dict[str, Any]:
         """The fields set here, by name."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not UNSET}
-
-    @property
-    def scale_of_generated(self) -> float | None:
-        """The attention scale of generated keys in steered heads: None when they are left alone."""
-        if self.steer_generated is not True:
-            return None
-        return self.alpha if self.generated_alpha is None else self.generated_alpha  # type: ignore[return-value]
 
 
 def _checked_heads(heads: Any) -> HeadSetLike:
@@ -148,12 +146,27 @@ def _checked_enabled(enabled: Any) -> bool:
     return enabled
 
 
+def _checked_groups(groups: Any) -> Mapping[str, Steering]:
+    if not isinstance(groups, Mapping):
+        raise SteeringError(f"groups must map group names to Steering objects, got {type(groups).__name__}.")
+    for name, group in groups.items():
+        if not isinstance(name, str) or not name or name == CONTEXT:
+            raise SteeringError(
+                f"groups names the other emphasis groups ({INSTRUCTIONS!r}, or your own), not {name!r}: the "
+                "context group's settings are the Steering's own fields."
+            )
+        if not isinstance(group, Steering) or group.groups is not UNSET:
+            raise SteeringError(f"groups[{name!r}] must be a Steering without groups of its own, got {group!r}.")
+    return MappingProxyType(dict(groups))
+
+
 _CHECKS = {
     "heads": _checked_heads,
     "alpha": _checked_alpha,
     "steer_generated": _checked_steer_generated,
     "generated_alpha": _checked_generated_alpha,
     "enabled": _checked_enabled,
+    "groups": _checked_groups,
 }
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -141,13 +141,18 @@ class SteeringState:
         return ((prompt_bias + generated_bias[None, :]) * row_steered).to(dtype)
 
 
-_current_state: ContextVar[SteeringState | None] = ContextVar("pasta_rag_steering_state", default=None)
+_current_state: ContextVar[tuple[SteeringState, ...]] = ContextVar("pasta_rag_steering_state", default=())
 
 
 @contextmanager
-def steering(state: SteeringState | None) -> Iterator[None]:
-    """Steer every forward pass inside the block (in this thread / task only)."""
-    token = _current_state.set(state)
+def steering(state: SteeringState | Sequence[SteeringState] | None) -> Iterator[None]:
+    """Steer every forward pass inside the block (in this thread / task only).
+
+    Several states are several emphasis groups: each steers its own heads toward its own tokens, and
+    their biases add (the engine gives each head to one group only).
+    """
+    states = () if state is None else (state,) if isinstance(state, SteeringState) else tuple(state)
+    token = _current_state.set(states)
     try:
         yield
     finally:
@@ -187,11 +192,11 @@ def _steer_through_mask(
     key: torch.Tensor,  # (batch, kv_heads, keys, dim)
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
-    switch: torch.Tensor,  # (batch or 1, heads)
-    key_bias: torch.Tensor,  # (batch, keys)
+    switches: torch.Tensor,  # (groups, batch or 1, heads)
+    key_biases: torch.Tensor,  # (groups, batch, keys)
     **kwargs,
 ):
-    bias = switch[:, :, None, None] * key_bias[:, None, None, :]  # (batch, heads, 1, keys)
+    bias = (switches[:, :, :, None, None] * key_biases[:, :, None, None, :]).sum(0)  # (batch, heads, 1, keys)
     return attend(module, query, key, value, _with_bias_in_mask(attention_mask, bias, query.dtype), **kwargs)
 
 
@@ -202,23 +207,27 @@ def _steer_through_channel(
     key: torch.Tensor,  # (batch, kv_heads, keys, dim)
     value: torch.Tensor,  # (batch, kv_heads, keys, dim_v)
     attention_mask: torch.Tensor | None,
-    switch: torch.Tensor,  # (batch or 1, heads)
-    key_bias: torch.Tensor,  # (batch, keys)
+    switches: torch.Tensor,  # (groups, batch or 1, heads)
+    key_biases: torch.Tensor,  # (groups, batch, keys)
     scaling: float | None = None,
     **kwargs,
 ):
-    """scaling * <[q, c_h, 0..], [k, b_k / scaling, 0..]> = scaling * <q, k> + c_h * b_k."""
+    """scaling * <[q, c_h^g.., 0..], [k, b_k^g / scaling.., 0..]> = scaling * <q, k> + sum_g c_h^g * b_k^g.
+
+    One extra channel per emphasis group carries that group's bias.
+    """
     dim = query.shape[-1]
     if scaling is None:
         scaling = dim**-0.5
-    pad = 8  # keeps the head size a multiple of 8, which fused kernels want
+    groups = switches.shape[0]
+    pad = 8 * math.ceil(groups / 8)  # keeps the head size a multiple of 8, which fused kernels want
     batch, heads, q_len, _ = query.shape
     kv_heads, keys = key.shape[1], key.shape[2]
 
     query_extra = query.new_zeros(batch, heads, q_len, pad)
-    query_extra[..., 0] = switch[:, :, None]
+    query_extra[..., :groups] = switches.permute(1, 2, 0)[:, :, None, :]  # (batch or 1, heads, 1, groups)
     key_extra = key.new_zeros(batch, kv_heads, keys, pad)
-    key_extra[..., 0] = (key_bias / scaling)[:, None, :]
+    key_extra[..., :groups] = (key_biases / scaling).permute(1, 2, 0)[:, None, :, :]  # (batch, 1, keys, groups)
     value_extra = value.new_zeros(*value.shape[:-1], pad + dim - value.shape[-1])
 
     output, weights = attend(
@@ -243,23 +252,39 @@ def _make_steered_attention(base: str, dense: bool = False) -> Callable:
         **kwargs,
     ):
         attend = _base_attention(module, base)
-        state = _current_state.get()
         layer = getattr(module, "layer_idx", None)
-        switch = None if state is None or layer is None else state.head_switch(layer, query.device, query.dtype)
-        if switch is None:
+        steered = [] if layer is None else _steered_groups(_current_state.get(), layer, query, key)
+        if not steered:
             return attend(module, query, key, value, attention_mask, **kwargs)
-        if switch.shape[-1] != query.shape[1]:
-            raise SteeringError(f"The head set was built for {switch.shape[-1]} heads; layer {layer} has {query.shape[1]}.")
-        key_bias = state.key_bias(key.shape[2], query.shape[0], query.device, query.dtype)
+        batch = query.shape[0]
+        switches = torch.stack([switch.expand(batch, -1) for switch, _ in steered])  # (groups, batch, heads)
+        key_biases = torch.stack([bias for _, bias in steered])  # (groups, batch, keys)
         soft_capped = kwargs.get("softcap") is not None
         if dense or soft_capped or query.shape[2] == 1:
             if dense and attention_mask is None:
                 attention_mask = _dense_causal_mask(query.shape[2], key.shape[2], query.device)
-            return _steer_through_mask(attend, module, query, key, value, attention_mask, switch, key_bias, **kwargs)
-        return _steer_through_channel(attend, module, query, key, value, attention_mask, switch, key_bias, **kwargs)
+            return _steer_through_mask(attend, module, query, key, value, attention_mask, switches, key_biases,
+                                       **kwargs)
+        return _steer_through_channel(attend, module, query, key, value, attention_mask, switches, key_biases,
+                                      **kwargs)
 
     steered_attention.__name__ = f"pasta_{base}_attention"
     return steered_attention
+
+
+def _steered_groups(
+    states: Sequence[SteeringState], layer: int, query: torch.Tensor, key: torch.Tensor
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(head switch (batch or 1, heads), key bias (batch, keys)) of every group that steers this layer."""
+    steered = []
+    for state in states:
+        switch = state.head_switch(layer, query.device, query.dtype)
+        if switch is None:
+            continue
+        if switch.shape[-1] != query.shape[1]:
+            raise SteeringError(f"The head set was built for {switch.shape[-1]} heads; layer {layer} has {query.shape[1]}.")
+        steered.append((switch, state.key_bias(key.shape[2], query.shape[0], query.device, query.dtype)))
+    return steered
 
 
 def _dense_causal_mask(q_len: int, keys: int, device: torch.device) -> torch.Tensor:
@@ -269,8 +294,7 @@ def _dense_causal_mask(q_len: int, keys: int, device: torch.device) -> torch.Ten
 
 def _make_recording_mask(base_mask: Callable) -> Callable:
     def recording_mask(*args, kv_length: int, kv_offset: int = 0, **kwargs):
-        state = _current_state.get()
-        if state is not None:
+        for state in _current_state.get():
             state.record_kv_offset(kv_length, kv_offset)
         return base_mask(*args, kv_length=kv_length, kv_offset=kv_offset, **kwargs)
 

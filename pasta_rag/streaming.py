@@ -59,7 +59,7 @@ def _chunks(model: PastaModel, prepared: PreparedBatch, sampling: SamplingSettin
         try:
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed)
-            with torch.no_grad(), steering(prepared.state):
+            with torch.no_grad(), steering(prepared.states):
                 model.model.generate(
                     **prepared.generate_inputs(model.device),
                     stopping_criteria=StoppingCriteriaList([stopper]),

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from .emphasis import Span
+from .emphasis import CONTEXT, Span
 from .errors import EmphasisError
 from .prompts import RenderedPrompt
 
@@ -17,7 +17,9 @@ from .prompts import RenderedPrompt
 class EncodedPrompt:
     input_ids: list[int]
     emphasized: list[bool]
-    """One flag per token: does the token overlap an emphasized character span."""
+    """One flag per token: does the token overlap an emphasized character span (the ``context`` group)."""
+    groups: dict[str, list[bool]] = field(default_factory=dict)
+    """The same flags for every other emphasis group the prompt has."""
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,13 @@ class PromptBatch:
     input_ids: torch.Tensor  # (batch, prompt_len)
     attention_mask: torch.Tensor  # (batch, prompt_len), 0 on padding
     emphasized: torch.Tensor  # (batch, prompt_len) bool, False on padding
+    groups: dict[str, torch.Tensor] = field(default_factory=dict)  # per other group: (batch, prompt_len) bool
+
+    def group(self, name: str) -> torch.Tensor:
+        """(batch, prompt_len) bool: the tokens of emphasis group ``name`` (all False when no row has any)."""
+        if name == CONTEXT:
+            return self.emphasized
+        return self.groups.get(name, torch.zeros_like(self.emphasized))
 
     @property
     def prompt_len(self) -> int:
@@ -35,12 +44,17 @@ class PromptBatch:
 
 def encode(tokenizer: PreTrainedTokenizerBase, prompt: RenderedPrompt) -> EncodedPrompt:
     encoding = tokenizer(prompt.text, add_special_tokens=prompt.add_special_tokens, return_offsets_mapping=True)
-    flags = token_flags(encoding["offset_mapping"], prompt.spans)
-    if prompt.spans and not any(flags):
-        raise EmphasisError(
-            f"The emphasized text {[prompt.text[s:e] for s, e in prompt.spans]!r} covers no token of the prompt."
-        )
-    return EncodedPrompt(list(encoding["input_ids"]), flags)
+    offsets = encoding["offset_mapping"]
+    flags = _covered_flags(prompt.text, offsets, prompt.spans)
+    groups = {group: _covered_flags(prompt.text, offsets, spans) for group, spans in prompt.groups.items()}
+    return EncodedPrompt(list(encoding["input_ids"]), flags, groups)
+
+
+def _covered_flags(text: str, offsets: Sequence[tuple[int, int]], spans: Sequence[Span]) -> list[bool]:
+    flags = token_flags(offsets, spans)
+    if spans and not any(flags):
+        raise EmphasisError(f"The emphasized text {[text[s:e] for s, e in spans]!r} covers no token of the prompt.")
+    return flags
 
 
 def token_flags(offsets: Sequence[tuple[int, int]], spans: Sequence[Span]) -> list[bool]:
@@ -55,10 +69,18 @@ def pad_left(prompts: Sequence[EncodedPrompt], pad_token_id: int) -> PromptBatch
     length = max(len(p.input_ids) for p in prompts)
     input_ids = torch.full((len(prompts), length), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(prompts), length), dtype=torch.long)
-    emphasized = torch.zeros((len(prompts), length), dtype=torch.bool)
     for row, prompt in enumerate(prompts):
-        start = length - len(prompt.input_ids)
-        input_ids[row, start:] = torch.tensor(prompt.input_ids)
-        attention_mask[row, start:] = 1
-        emphasized[row, start:] = torch.tensor(prompt.emphasized, dtype=torch.bool)
-    return PromptBatch(input_ids, attention_mask, emphasized)
+        input_ids[row, length - len(prompt.input_ids) :] = torch.tensor(prompt.input_ids)
+        attention_mask[row, length - len(prompt.input_ids) :] = 1
+    names = sorted({group for prompt in prompts for group in prompt.groups})
+    groups = {name: _padded_flags([p.groups.get(name) for p in prompts], length) for name in names}
+    return PromptBatch(input_ids, attention_mask, _padded_flags([p.emphasized for p in prompts], length), groups)
+
+
+def _padded_flags(rows: Sequence[list[bool] | None], length: int) -> torch.Tensor:
+    """(batch, length) bool, left-padded with False; a row without flags is all False."""
+    flags = torch.zeros((len(rows), length), dtype=torch.bool)
+    for row, values in enumerate(rows):
+        if values:
+            flags[row, length - len(values) :] = torch.tensor(values, dtype=torch.bool)
+    return flags

@@ -38,11 +38,12 @@ class ReferenceSetup:
     generated_alpha: float | None = None  # ... or log(generated_alpha), when given
 
 
-_setup: ContextVar[ReferenceSetup | None] = ContextVar("reference_setup", default=None)
+_setup: ContextVar[tuple[ReferenceSetup, ...]] = ContextVar("reference_setup", default=())
+"""One setup per emphasis group: each adds its own bias, in its own heads, toward its own tokens."""
 
 
 def reference_attention(module, query, key, value, attention_mask, scaling=None, softcap=None, **kwargs):
-    setup = _setup.get()
+    setups = _setup.get()
     batch, heads, q_len, dim = query.shape
     keys = key.shape[2]
     assert q_len == keys, "the reference recomputes the full sequence: no cache"
@@ -62,7 +63,7 @@ def reference_attention(module, query, key, value, attention_mask, scaling=None,
     if window:
         allowed = allowed & (i - j < window)[None, None]
     bias = torch.zeros(batch, heads, q_len, keys)
-    if setup is not None:
+    for setup in setups:
         allowed = allowed & setup.padding[:, None, None, :keys].bool()
         prompt_len = setup.emphasized.shape[1]
         generated_alpha = setup.alpha if setup.generated_alpha is None else setup.generated_alpha
@@ -73,9 +74,9 @@ def reference_attention(module, query, key, value, attention_mask, scaling=None,
                 for k in range(keys):
                     generated = k >= prompt_len
                     if generated and setup.steer_generated:
-                        bias[b, h, :, k] = math.log(generated_alpha)
+                        bias[b, h, :, k] += math.log(generated_alpha)
                     elif not generated and not setup.emphasized[b, k]:
-                        bias[b, h, :, k] = math.log(setup.alpha)
+                        bias[b, h, :, k] += math.log(setup.alpha)
     scores = scores + bias
     scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
     weights = scores.softmax(dim=-1)
@@ -87,11 +88,11 @@ AttentionMaskInterface.register(REFERENCE, eager_mask)
 
 
 class reference_setup:
-    def __init__(self, setup: ReferenceSetup | None):
-        self.setup = setup
+    def __init__(self, setup: ReferenceSetup | Sequence[ReferenceSetup] | None):
+        self.setups = () if setup is None else (setup,) if isinstance(setup, ReferenceSetup) else tuple(setup)
 
     def __enter__(self):
-        self.token = _setup.set(self.setup)
+        self.token = _setup.set(self.setups)
 
     def __exit__(self, *exc):
         _setup.reset(self.token)

@@ -117,13 +117,15 @@ def test_steering_object_and_keywords_are_one_call(model):
 
 def test_every_steering_field_changes_what_is_computed(model):
     """Each field reaches the attention: setting it alone moves the score (or, for enabled, turns steering off)."""
-    plain = model.score(PROMPT, " green and blue", steer=False)
+    prompt = emphasize("Answer in one word.", "instructions") + " " + PROMPT  # both groups emphasized
+    plain = model.score(prompt, " green and blue", steer=False)
     for name, value in SAMPLES.items():
-        base = Steering(steer_generated=name != "steer_generated", generated_alpha=0.5)  # where the field matters
-        baseline = model.score(PROMPT, " green and blue", steering=base)
-        score = model.score(PROMPT, " green and blue", steering=base.override(**{name: value}))
+        base = Steering(steer_generated=name != "steer_generated", generated_alpha=0.5,  # where the field matters
+                        groups={"instructions": Steering(heads=[0], alpha=0.5)})
+        baseline = model.score(prompt, " green and blue", steering=base)
+        score = model.score(prompt, " green and blue", steering=base.override(**{name: value}))
         assert score != pytest.approx(baseline, abs=1e-5), name
-    assert model.score(PROMPT, " green and blue", steer=False, alpha=0.5) == plain
+    assert model.score(prompt, " green and blue", steer=False, alpha=0.5) == plain
 
 
 @pytest.mark.parametrize(

@@ -226,3 +226,67 @@ def test_ready_made_4d_mask_is_refused():
     state = SteeringState(emphasized, head_set(), ALPHA, 4)
     with torch.no_grad(), steering(state), pytest.raises(SteeringError, match="4D attention_mask"):
         model(input_ids=input_ids, attention_mask=mask)
+
+
+# --- emphasis groups: each its own heads, alpha and tokens; the biases add ---------------------------------
+
+SECOND_HEADS = {0: {0}, 1: {1}, 2: {0, 3}}  # disjoint from HEADS, as the engine makes them
+SECOND_ALPHA = 0.2
+
+
+def two_groups(model, emphasized, steer_generated=False):
+    """The context group (HEADS, ALPHA, the prompt's emphasis) and a second group on other tokens and heads."""
+    second = torch.zeros_like(emphasized)
+    second[:, 9:11] = True  # row 0: after its span; row 1: between its spans
+    states = [
+        SteeringState(emphasized, head_set(), ALPHA, model.config.num_attention_heads, steer_generated, 1e-3),
+        SteeringState(second, HeadSet.from_pairs([(layer, h) for layer, hs in SECOND_HEADS.items() for h in hs]),
+                      SECOND_ALPHA, model.config.num_attention_heads),
+    ]
+    padding = prompt_batch()[1]
+    setups = [ReferenceSetup(padding, emphasized, HEADS, ALPHA, steer_generated, 1e-3),
+              ReferenceSetup(padding, second, SECOND_HEADS, SECOND_ALPHA)]
+    return states, setups
+
+
+def grouped_reference_logits(model, input_ids, padding, setups):
+    implementation = model.config._attn_implementation
+    model.set_attn_implementation(REFERENCE)
+    try:
+        with torch.no_grad(), reference_setup(setups):
+            return model(input_ids=input_ids, attention_mask=padding).logits
+    finally:
+        model.set_attn_implementation(implementation)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("implementation", ["pasta_sdpa", "pasta_eager"])
+def test_two_groups_match_the_reference(architecture, implementation):
+    model = tiny_model(architecture, implementation)
+    input_ids, padding, emphasized = prompt_batch()
+    states, setups = two_groups(model, emphasized)
+    with torch.no_grad(), steering(states):
+        actual = model(input_ids=input_ids, attention_mask=padding).logits
+    expected = grouped_reference_logits(model, input_ids, padding, setups)
+    real = padding.bool()
+    assert (actual[real] - expected[real]).abs().max() < TOLERANCE
+    one_group = grouped_reference_logits(model, input_ids, padding, setups[:1])
+    assert (one_group[real] - expected[real]).abs().max() > 100 * TOLERANCE, "the second group must count"
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_two_groups_cached_generation_matches_full_recompute(architecture):
+    model = tiny_model(architecture)
+    input_ids, padding, emphasized = prompt_batch()
+    states, setups = two_groups(model, emphasized, steer_generated=True)
+    with torch.no_grad(), steering(states):
+        generated = model.generate(input_ids=input_ids, attention_mask=padding, max_new_tokens=6, do_sample=False,
+                                   pad_token_id=0, eos_token_id=None)
+    sequence, mask = input_ids, padding
+    for _ in range(6):
+        with_mask = [ReferenceSetup(mask, s.emphasized, s.heads, s.alpha, s.steer_generated, s.generated_alpha)
+                     for s in setups]
+        next_token = grouped_reference_logits(model, sequence, mask, with_mask)[:, -1].argmax(dim=-1, keepdim=True)
+        sequence = torch.cat([sequence, next_token], dim=1)
+        mask = torch.cat([mask, torch.ones_like(next_token)], dim=1)
+    assert torch.equal(generated, sequence)

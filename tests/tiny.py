@@ -5,8 +5,6 @@ from __future__ import annotations
 import string
 
 import torch
-
-import pasta_rag.steering  # noqa: F401  (registers the pasta_* attention implementations)
 from tokenizers import Tokenizer, models
 from transformers import (
     AutoModelForCausalLM,
@@ -15,6 +13,9 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2Config,
 )
+
+import pasta_rag.steering  # noqa: F401  (registers the pasta_* attention implementations)
+from pasta_rag import Steering
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
@@ -83,6 +84,7 @@ def tiny_model(architecture: str, attn_implementation: str = "pasta_sdpa", seed:
     return model.eval()
 
 
-STEERING_SAMPLES = {"heads": [0], "alpha": 0.05, "steer_generated": True, "generated_alpha": 1e-3, "enabled": False}
+STEERING_SAMPLES = {"heads": [0], "alpha": 0.05, "steer_generated": True, "generated_alpha": 1e-3, "enabled": False,
+                    "groups": {"instructions": Steering(heads=[0], alpha=0.05)}}
 """One value per ``pasta_rag.Steering`` field that differs from its default, for the tests that show every
 field reaches the core (core, LangChain, LlamaIndex): a field added without a sample here fails them."""
