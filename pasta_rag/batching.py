@@ -139,10 +139,11 @@ def group_order(batch: PromptBatch, call: Steering) -> list[str]:
 
 
 def _group_steering(model: PastaModel, call: Steering, name: str) -> Steering:
-    if call.groups is not UNSET and name in call.groups:  # type: ignore[operator]
-        return call.groups[name]  # type: ignore[index]
-    if name in PURPOSES:
-        return Steering(heads=name)  # the model's set for that purpose, with its own settings
+    given = call.groups.get(name, Steering()) if call.groups is not UNSET else Steering()  # type: ignore[union-attr]
+    if name in PURPOSES:  # unless told otherwise, the model's set for that purpose, with its own settings
+        return Steering(heads=name).override(given)
+    if given.heads is not UNSET:
+        return given
     raise HeadSetError(
         f"The prompt emphasizes group {name!r}, which has no settings: pass "
         f"steering=Steering(groups={{{name!r}: Steering(heads=...)}})."

@@ -56,6 +56,8 @@ def test_the_default_instructions_group_uses_the_models_instructions_set(model, 
     monkeypatch.setattr("pasta_rag.engine.shipped_head_set", lambda name, purpose="context": shipped.get(purpose))
     instructions, _ = states(model)
     assert instructions.heads.pairs() == [(2, 3)] and instructions.alpha == 0.3
+    instructions, _ = states(model, groups={"instructions": Steering(alpha=0.05)})  # that set, another alpha
+    assert instructions.heads.pairs() == [(2, 3)] and instructions.alpha == 0.05
     monkeypatch.setattr("pasta_rag.engine.shipped_head_set", lambda name, purpose="context": None)
     with pytest.raises(HeadSetError, match="ships no 'instructions' head set"):
         states(model)
