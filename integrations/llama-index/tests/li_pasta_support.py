@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 from tiny import char_tokenizer, tiny_model
 
-from pasta_rag import PastaModel
+from pasta_rag import UNSET, PastaModel, Steering
 
 
 def tiny_pasta_model(chat_template: bool = True) -> PastaModel:
@@ -83,6 +84,18 @@ class CoreSpy:
 
     def _record(self, prompt, kwargs) -> Call:
         rendered = self.core.render(prompt, emphasis=kwargs.get("emphasis"))
-        call = Call(prompt, kwargs, rendered.text, rendered.spans)
+        call = Call(prompt, self._flat(kwargs), rendered.text, rendered.spans)
         self.calls.append(call)
         return call
+
+    def _flat(self, kwargs: dict) -> dict:
+        """The call's options by name, as the tests read them: the decoding settings, each steering field
+        (None: not set), and ``steer``, whether the core steers (the call's ``enabled``, else the model's)."""
+        steering, settings = kwargs.get("steering") or Steering(), kwargs.get("settings")
+        flat = {k: v for k, v in kwargs.items() if k not in ("steering", "settings")}
+        if settings is not None:
+            flat.update((f.name, getattr(settings, f.name)) for f in dataclasses.fields(settings))
+        flat.update((f.name, None if getattr(steering, f.name) is UNSET else getattr(steering, f.name))
+                    for f in dataclasses.fields(steering))
+        flat["steer"] = self.core.steering.override(steering).enabled
+        return flat

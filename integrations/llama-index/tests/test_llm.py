@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import warnings
 
 import llama_index.core
@@ -17,7 +18,7 @@ from llama_index.core.llms import LLM
 from llama_index.core.prompts import PromptTemplate
 from llama_index.llms.pasta import PastaLLM, load_shared_model
 
-from pasta_rag import EMPHASIS_START, PastaModel, emphasize
+from pasta_rag import EMPHASIS_START, PastaModel, Steering, emphasize
 
 MESSAGES = [
     ChatMessage(role=MessageRole.SYSTEM, content="Answer briefly."),
@@ -322,8 +323,50 @@ def test_models_loaded_by_name_are_shared(monkeypatch, tiny_core):
         return tiny_core
 
     monkeypatch.setattr(PastaModel, "from_pretrained", staticmethod(fake_from_pretrained))
+    monkeypatch.setattr(PastaModel, "_shared", {})  # the core's process-wide cache, empty for this test only
     first = PastaLLM("some-model-dir", model_kwargs={"dtype": "float32"})
     second = PastaLLM(model_name="some-model-dir", model_kwargs={"dtype": "float32"})
     assert first.pasta_model is second.pasta_model is tiny_core and len(loads) == 1
     assert load_shared_model("some-model-dir", dtype="float32") is tiny_core and len(loads) == 1
     assert first.model_name == "tiny-llama"
+
+
+def test_every_steering_field_reaches_the_core(tiny_core, monkeypatch):
+    """The steering field, a per-call steering= and a per-call keyword: each Steering field (a new one
+    too, with no edit in the integration) arrives in the Steering the core receives, on every path."""
+    from tiny import STEERING_SAMPLES  # one non-default value per field, shared with the core and LangChain tests
+
+    assert set(STEERING_SAMPLES) == {f.name for f in dataclasses.fields(Steering)}, "a Steering field has no sample"
+    received: list[Steering] = []
+    generate_batch, stream = tiny_core.generate_batch, tiny_core.stream
+    monkeypatch.setattr(tiny_core, "generate_batch",
+                        lambda p, **k: received.append(k["steering"]) or generate_batch(p, **k))
+    monkeypatch.setattr(tiny_core, "stream", lambda p, **k: received.append(k["steering"]) or stream(p, **k))
+    marked = f"Context: {emphasize('The tower is in Rome.')} Where is it?"
+    chat = [ChatMessage(role=MessageRole.USER, content=marked)]
+    for field in dataclasses.fields(Steering):
+        steering = Steering(**{field.name: STEERING_SAMPLES[field.name]})
+        by_field = make_llm(tiny_core, max_new_tokens=2, steering=steering)
+        by_field.complete(marked)
+        "".join(c.delta for c in by_field.stream_chat(chat))
+        asyncio.run(collect_started(by_field.astream_complete(marked)))  # the core's astream calls stream
+        per_call = make_llm(tiny_core, max_new_tokens=2)
+        per_call.chat(chat, steering=steering)
+        per_call.complete(marked, **{field.name: STEERING_SAMPLES[field.name]})  # every field is a call option
+        assert [getattr(s, field.name) for s in received] == [getattr(steering, field.name)] * 5, field.name
+        received.clear()
+
+
+async def collect_started(started) -> list:
+    """The items of an async stream that an ``astream_*`` coroutine returns."""
+    return await collect(await started)
+
+
+def test_steering_field_survives_to_dict_and_is_checked_by_the_core(tiny_core):
+    llm = make_llm(tiny_core, steering=Steering(alpha=0.05, steer_generated=True))
+    assert llm.to_dict()["steering"] == {"alpha": 0.05, "steer_generated": True}
+    assert PastaLLM.from_dict(llm.to_dict(), model=tiny_core).steering == llm.steering
+    with pytest.raises(ValueError, match="steering must be a pasta_rag.Steering"):
+        make_llm(tiny_core, steering="context")
+    with pytest.raises(ValueError, match="alpha must be > 0"):
+        make_llm(tiny_core).complete("hello", steering=Steering(alpha=0.05), alpha=-1.0)

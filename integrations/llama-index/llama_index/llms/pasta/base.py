@@ -1,24 +1,22 @@
 """PastaLLM: a LlamaIndex LLM whose attention is steered toward the retrieved context.
 
-Query engines and response synthesizers hand the retrieved text to the LLM as
-template variables (``context_str``; ``context_msg`` and ``existing_answer``
-in refine). ``PastaLLM`` wraps those variables in emphasis markers right
-before the template is formatted, so every compact / refine / tree_summarize
-answer, streaming or not, sync or async, is steered toward the documents
-without the user writing any markup. The core model strips the markers and
-steers its profiled heads toward the marked tokens (PASTA).
+Query engines and response synthesizers hand the retrieved text to the LLM as template variables
+(``context_str``; ``context_msg`` and ``existing_answer`` in refine). ``PastaLLM`` wraps those
+variables in emphasis markers right before the template is formatted, so every compact / refine /
+tree_summarize answer, streaming or not, sync or async, is steered toward the documents without the
+user writing any markup. The core model strips the markers and steers its profiled heads toward the
+marked tokens (PASTA). This class maps LlamaIndex's fields and calls onto ``pasta_rag.PastaModel``;
+what the settings mean, and whether they are valid, is the core's business.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from llama_index.core.base.llms.types import (
-    AudioBlock,
     ChatMessage,
     ChatResponse,
     ChatResponseAsyncGen,
@@ -26,67 +24,27 @@ from llama_index.core.base.llms.types import (
     CompletionResponse,
     CompletionResponseAsyncGen,
     CompletionResponseGen,
-    DocumentBlock,
-    ImageBlock,
     LLMMetadata,
     MessageRole,
-    VideoBlock,
 )
-from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_serializer, field_validator
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 from llama_index.core.llms.llm import default_completion_to_prompt
-from llama_index.core.prompts.base import BasePromptTemplate
-from llama_index.core.types import Model
-from pydantic import StrictBool, StrictFloat
+from pydantic import SkipValidation
 
-from pasta_rag import Generation, PastaModel, emphasize, has_markers, strip_markers
+from pasta_rag import PastaModel, SamplingSettings, Steering
+from pasta_rag.prompts import Prompt
+from pasta_rag.settings import steering_keywords
 
-DEFAULT_CONTEXT_VARIABLES = ("context_str", "context_msg", "existing_answer")
-"""The template variables LlamaIndex's synthesizers and chat engines use for retrieved text
-(``context_str``), the next chunk in refine (``context_msg``) and the answer so far
-(``existing_answer``, built from earlier chunks)."""
-
-CALL_OPTIONS = frozenset(
-    {
-        "max_new_tokens",
-        "temperature",
-        "top_p",
-        "top_k",
-        "repetition_penalty",
-        "stop",
-        "seed",
-        "steer",
-        "heads",
-        "alpha",
-        "steer_generated",
-        "generated_alpha",
-        "emphasis",
-    }
-)
-"""Keyword arguments ``complete`` / ``chat`` and their variants accept, overriding the fields per call."""
-
-_MEDIA_BLOCKS = (ImageBlock, AudioBlock, VideoBlock, DocumentBlock)
-
-_SHARED_MODELS: dict[tuple[str, str], PastaModel] = {}
-_SHARED_LOCK = threading.Lock()
+from . import responses
+from .loading import core_model, use_model_tokenizer
+from .messages import core_messages, is_marked, system_message
+from .options import DECODING_OPTIONS, call_emphasis, call_sampling, call_steering, check_call_options
+from .templates import DEFAULT_CONTEXT_VARIABLES, TemplateEmphasis
 
 
-def load_shared_model(source: str | os.PathLike = "default", **load_kwargs: Any) -> PastaModel:
-    """Load a PastaModel once per process and hand the same object to every caller.
-
-    ``Settings.llm = PastaLLM()`` in one module and ``PastaLLM()`` in another then share one
-    copy of the weights. ``load_kwargs`` go to ``PastaModel.from_pretrained`` (``heads``,
-    ``alpha``, ``device``, ``dtype``, ...); different arguments load a separate model.
-    """
-    key = (os.fspath(source), repr(sorted(load_kwargs.items())))
-    with _SHARED_LOCK:
-        if key not in _SHARED_MODELS:
-            _SHARED_MODELS[key] = PastaModel.from_pretrained(source, **load_kwargs)
-        return _SHARED_MODELS[key]
-
-
-class PastaLLM(CustomLLM):
+class PastaLLM(TemplateEmphasis, CustomLLM):
     """A local model steered toward the retrieved context (PASTA), for LlamaIndex.
 
     Examples:
@@ -108,6 +66,9 @@ class PastaLLM(CustomLLM):
 
     Prompts that carry no emphasis run unsteered, without a warning: the model then computes
     exactly what the plain model computes.
+
+    The decoding and steering fields are passed to the core as given (``SkipValidation``): its
+    ``SamplingSettings`` and ``Steering`` check them, at construction and on every call.
     """
 
     model_name: str = Field(
@@ -121,33 +82,41 @@ class PastaLLM(CustomLLM):
         description="Tokens the model reads (prompt + answer). 0 means the model's own window; a smaller "
         "value makes LlamaIndex pack less context into each prompt.",
     )
-    max_new_tokens: int = Field(default=256, gt=0, description="The most tokens generated per call.")
-    temperature: float = Field(default=0.0, ge=0.0, description="Sampling temperature; 0 is greedy decoding.")
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (when temperature > 0).")
-    top_k: int | None = Field(default=None, gt=0, description="Top-k sampling (when temperature > 0).")
-    repetition_penalty: float = Field(default=1.0, gt=0.0, description="1.0 means no penalty.")
-    stop: list[str] = Field(
+    max_new_tokens: SkipValidation[int] = Field(default=256, description="The most tokens generated per call.")
+    temperature: SkipValidation[float] = Field(default=0.0, description="Sampling temperature; 0 is greedy decoding.")
+    top_p: SkipValidation[float] = Field(default=1.0, description="Nucleus sampling mass (when temperature > 0).")
+    top_k: SkipValidation[int | None] = Field(default=None, description="Top-k sampling (when temperature > 0).")
+    repetition_penalty: SkipValidation[float] = Field(default=1.0, description="1.0 means no penalty.")
+    stop: SkipValidation[list[str] | str | None] = Field(
         default_factory=list, description="Stop strings: generation ends before the first one (multi-token ok)."
     )
-    seed: int | None = Field(default=None, description="Random seed for sampling, for reproducible answers.")
-    steer: bool = Field(
-        default=True, description="Steer toward emphasized text. False runs the plain model on every prompt."
+    seed: SkipValidation[int | None] = Field(default=None, description="Random seed for sampling (reproducible answers).")
+    steering: SkipValidation[Steering | None] = Field(
+        default=None,
+        description="Every steering setting in one pasta_rag.Steering; the shortcut fields below (heads, alpha, "
+        "steer_generated, generated_alpha, steer) win over it when set. Unset settings are the head set's, "
+        "else the model's.",
+    )
+    steer: SkipValidation[bool | None] = Field(
+        default=None,
+        description="Steer toward emphasized text (None: the model's choice, which is yes). False runs the "
+        "plain model on every prompt.",
     )
     heads: Any | None = Field(
         default=None,
         description="Head set to steer: {'layer': [heads]}, a list of layers, a JSON file, or a set shipped for "
         "the model: 'context' (retrieved passages) or 'instructions' (emphasized instructions). None: 'context'.",
     )
-    alpha: StrictFloat | None = Field(  # strict: a bool or a string is refused, not read as a number
-        default=None, gt=0.0, description="Attention scale for non-emphasized tokens (paper: 0.01). None: model's."
+    alpha: SkipValidation[float | None] = Field(
+        default=None, description="Attention scale for non-emphasized tokens (paper: 0.01). None: model's."
     )
-    steer_generated: StrictBool | None = Field(
+    steer_generated: SkipValidation[bool | None] = Field(
         default=None,
         description="Also push down attention to the generated tokens in the steered heads (the paper does not; "
         "small models then repeat less). None: what the head set was chosen with, else False.",
     )
-    generated_alpha: StrictFloat | None = Field(
-        default=None, gt=0.0,
+    generated_alpha: SkipValidation[float | None] = Field(
+        default=None,
         description="With steer_generated, the attention scale of generated tokens in the steered heads. "
         "None: what the head set was chosen with, else alpha.",
     )
@@ -171,7 +140,7 @@ class PastaLLM(CustomLLM):
     )
     model_kwargs: dict[str, Any] = Field(
         default_factory=dict,
-        description="Arguments for PastaModel.from_pretrained when the model is loaded by name "
+        description="Loading options for PastaModel.from_pretrained when the model is loaded by name "
         "(device, dtype, attn_implementation, ...).",
     )
     set_global_tokenizer: bool = Field(
@@ -186,23 +155,14 @@ class PastaLLM(CustomLLM):
     def __init__(self, model: PastaModel | str | os.PathLike | None = None, **kwargs: Any) -> None:
         """``model``: an already-loaded PastaModel (shared, not copied) or a name / path to load once
         per process (see ``load_shared_model``). Every other argument is a field of this class."""
-        explicit_chat = "is_chat_model" in kwargs
+        if isinstance(model, (str, os.PathLike)):
+            kwargs["model_name"] = os.fspath(model)
+        core = core_model(model, kwargs.get("model_name", "default"), kwargs.get("model_kwargs", {}))
         if isinstance(model, PastaModel):
-            core = model
-            kwargs.setdefault("model_name", model.name)
-        elif model is None or isinstance(model, (str, os.PathLike)):
-            if model is not None:
-                kwargs["model_name"] = os.fspath(model)
-            source = kwargs.get("model_name", "default")
-            core = load_shared_model(source, **kwargs.get("model_kwargs", {}))
-            kwargs["model_name"] = core.name
+            kwargs.setdefault("model_name", core.name)
         else:
-            raise TypeError(
-                f"model must be a pasta_rag.PastaModel, a model name or a path; got {type(model).__name__}. "
-                "To wrap a transformers model, build PastaModel(model, tokenizer) first."
-            )
-        if not explicit_chat:
-            kwargs["is_chat_model"] = bool(getattr(core.tokenizer, "chat_template", None))
+            kwargs["model_name"] = core.name  # the loaded model's own name, not the alias asked for
+        kwargs.setdefault("is_chat_model", bool(getattr(core.tokenizer, "chat_template", None)))
         window = kwargs.get("context_window") or core.context_window
         if window > core.context_window:
             raise ValueError(
@@ -211,10 +171,20 @@ class PastaLLM(CustomLLM):
         kwargs["context_window"] = window
         super().__init__(**kwargs)
         self._model = core
-        if isinstance(self.stop, str):
-            self.stop = [self.stop]
+        self._sampling({})  # the core checks the decoding fields now, not at the first query
+        core.resolve_steering(self._steering({}, marked=True))  # and the steering ones, the head set included
         if self.set_global_tokenizer:
-            _use_model_tokenizer(core)
+            use_model_tokenizer(core)
+
+    @field_validator("steering", mode="before")
+    @classmethod
+    def _steering_from_dict(cls, value: Any) -> Any:
+        """``from_dict`` hands back what ``to_dict`` wrote: the fields set, by name."""
+        return Steering(**value) if isinstance(value, Mapping) else value
+
+    @field_serializer("steering")
+    def _steering_to_dict(self, value: Steering | None) -> dict[str, Any] | None:
+        return None if value is None else value.given()
 
     @classmethod
     def class_name(cls) -> str:
@@ -236,66 +206,6 @@ class PastaLLM(CustomLLM):
             system_role=MessageRole.SYSTEM,
         )
 
-    # --- automatic emphasis of template variables ------------------------------------------
-
-    def _mark_template(
-        self, prompt: BasePromptTemplate, prompt_args: dict[str, Any]
-    ) -> tuple[BasePromptTemplate, dict[str, Any]]:
-        """Emphasize (or, when emphasis is off, sanitize) the context variables of a template.
-
-        Both the call's arguments and the template's partially formatted variables are covered:
-        refine puts ``existing_answer`` into the template with ``partial_format``.
-        """
-        names = set(self.context_variables)
-        if not names:
-            return prompt, prompt_args
-        mark = emphasize if self.emphasize_context else strip_markers
-        args = {k: mark(v) if k in names and isinstance(v, str) and v else v for k, v in prompt_args.items()}
-        partials = {
-            k: mark(v) for k, v in (getattr(prompt, "kwargs", None) or {}).items() if k in names and isinstance(v, str) and v
-        }
-        if partials:
-            prompt = prompt.partial_format(**partials)
-        return prompt, args
-
-    def _get_prompt(self, prompt: BasePromptTemplate, **prompt_args: Any) -> str:
-        prompt, prompt_args = self._mark_template(prompt, prompt_args)
-        return super()._get_prompt(prompt, **prompt_args)
-
-    def _get_messages(self, prompt: BasePromptTemplate, **prompt_args: Any) -> list[ChatMessage]:
-        prompt, prompt_args = self._mark_template(prompt, prompt_args)
-        return super()._get_messages(prompt, **prompt_args)
-
-    def _extend_prompt(self, formatted_prompt: str) -> str:
-        if self.system_prompt and self.emphasize_system_prompt:
-            formatted_prompt = emphasize(self.system_prompt) + "\n\n" + formatted_prompt
-            if self.query_wrapper_prompt:
-                formatted_prompt = self.query_wrapper_prompt.format(query_str=formatted_prompt)
-            return formatted_prompt
-        return super()._extend_prompt(formatted_prompt)
-
-    # The structured paths format the template inside a pydantic program, not in _get_prompt.
-
-    def structured_predict(self, output_cls: type[Model], prompt: Any, llm_kwargs: dict[str, Any] | None = None,
-                           **prompt_args: Any) -> Model:
-        prompt, prompt_args = self._mark_template(prompt, prompt_args)
-        return super().structured_predict(output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args)
-
-    async def astructured_predict(self, output_cls: type[Model], prompt: Any,
-                                  llm_kwargs: dict[str, Any] | None = None, **prompt_args: Any) -> Model:
-        prompt, prompt_args = self._mark_template(prompt, prompt_args)
-        return await super().astructured_predict(output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args)
-
-    def stream_structured_predict(self, output_cls: type[Model], prompt: Any,
-                                  llm_kwargs: dict[str, Any] | None = None, **prompt_args: Any) -> Any:
-        prompt, prompt_args = self._mark_template(prompt, prompt_args)
-        return super().stream_structured_predict(output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args)
-
-    async def astream_structured_predict(self, output_cls: type[Model], prompt: Any,
-                                         llm_kwargs: dict[str, Any] | None = None, **prompt_args: Any) -> Any:
-        prompt, prompt_args = self._mark_template(prompt, prompt_args)
-        return await super().astream_structured_predict(output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args)
-
     # --- completion ------------------------------------------------------------------------
 
     @llm_completion_callback()
@@ -303,213 +213,82 @@ class PastaLLM(CustomLLM):
         """Complete ``prompt``. Unformatted prompts of a chat model go through its chat template as one
         user turn (after the system prompt); ``formatted=True`` sends the string as it is."""
         core_prompt, options = self._completion_call(prompt, formatted, kwargs)
-        return _completion_response(self._model.generate(core_prompt, **options))
+        return responses.completion_response(self._model.generate(core_prompt, **options))
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
         core_prompt, options = self._completion_call(prompt, formatted, kwargs)
-        chunks = self._model.stream(core_prompt, **options)
-
-        def gen() -> CompletionResponseGen:
-            text = ""
-            try:
-                for delta in chunks:
-                    text += delta
-                    yield CompletionResponse(text=text, delta=delta)
-            finally:
-                chunks.close()
-
-        return gen()
+        return responses.stream_responses(self._model.stream(core_prompt, **options), responses.completion_delta)
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         core_prompt, options = self._completion_call(prompt, formatted, kwargs)
-        generation = await asyncio.to_thread(self._model.generate, core_prompt, **options)
-        return _completion_response(generation)
+        return responses.completion_response(await asyncio.to_thread(self._model.generate, core_prompt, **options))
 
     @llm_completion_callback()
     async def astream_complete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseAsyncGen:
         core_prompt, options = self._completion_call(prompt, formatted, kwargs)
-        chunks = self._model.stream(core_prompt, **options)
-
-        async def gen() -> CompletionResponseAsyncGen:
-            text = ""
-            async for delta in _in_thread(chunks):
-                text += delta
-                yield CompletionResponse(text=text, delta=delta)
-
-        return gen()
+        return responses.astream_responses(self._model.astream(core_prompt, **options), responses.completion_delta)
 
     # --- chat ------------------------------------------------------------------------------
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """Answer the conversation, rendered with the model's chat template."""
-        core_messages, options = self._chat_call(messages, kwargs)
-        return _chat_response(self._model.generate(core_messages, **options))
+        conversation, options = self._chat_call(messages, kwargs)
+        return responses.chat_response(self._model.generate(conversation, **options))
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        core_messages, options = self._chat_call(messages, kwargs)
-        chunks = self._model.stream(core_messages, **options)
-
-        def gen() -> ChatResponseGen:
-            text = ""
-            try:
-                for delta in chunks:
-                    text += delta
-                    yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=delta)
-            finally:
-                chunks.close()
-
-        return gen()
+        conversation, options = self._chat_call(messages, kwargs)
+        return responses.stream_responses(self._model.stream(conversation, **options), responses.chat_delta)
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        core_messages, options = self._chat_call(messages, kwargs)
-        generation = await asyncio.to_thread(self._model.generate, core_messages, **options)
-        return _chat_response(generation)
+        conversation, options = self._chat_call(messages, kwargs)
+        return responses.chat_response(await asyncio.to_thread(self._model.generate, conversation, **options))
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        core_messages, options = self._chat_call(messages, kwargs)
-        chunks = self._model.stream(core_messages, **options)
+        conversation, options = self._chat_call(messages, kwargs)
+        return responses.astream_responses(self._model.astream(conversation, **options), responses.chat_delta)
 
-        async def gen() -> ChatResponseAsyncGen:
-            text = ""
-            async for delta in _in_thread(chunks):
-                text += delta
-                yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=delta)
+    # --- from LlamaIndex's call to the core's ----------------------------------------------
 
-        return gen()
-
-    # --- internals -------------------------------------------------------------------------
-
-    def _completion_call(self, prompt: str, formatted: bool, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    def _completion_call(self, prompt: str, formatted: bool, kwargs: dict[str, Any]) -> tuple[Prompt, dict[str, Any]]:
         if not isinstance(prompt, str):
             raise TypeError(f"complete() takes the prompt as a string, got {type(prompt).__name__}; "
                             "use chat() for a list of ChatMessage.")
         if formatted:
-            core_prompt: Any = prompt
+            core_prompt: Prompt = prompt
         elif self.completion_to_prompt is not default_completion_to_prompt:
             core_prompt = self.completion_to_prompt(prompt)
         elif self.is_chat_model:
-            core_prompt = []
-            if self.system_prompt:
-                system = emphasize(self.system_prompt) if self.emphasize_system_prompt else self.system_prompt
-                core_prompt.append({"role": "system", "content": system})
-            core_prompt.append({"role": "user", "content": prompt})
+            system = [system_message(self.system_prompt, self.emphasize_system_prompt)] if self.system_prompt else []
+            core_prompt = [*system, {"role": "user", "content": prompt}]
         else:
             core_prompt = self._extend_prompt(prompt)
-        return core_prompt, self._options(kwargs, _marked(core_prompt))
+        return core_prompt, self._options(kwargs, core_prompt)
 
-    def _chat_call(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        if isinstance(messages, (str, ChatMessage)) or not messages:
-            raise TypeError("chat() takes a non-empty sequence of ChatMessage; use complete() for a string.")
-        core_messages = []
-        for message in messages:
-            if not isinstance(message, ChatMessage):
-                raise TypeError(f"chat() takes ChatMessage objects, got {type(message).__name__}.")
-            if any(isinstance(block, _MEDIA_BLOCKS) for block in message.blocks):
-                raise ValueError(f"{self.model_name} reads text only; a {message.role.value} message holds "
-                                 "image, audio, video or document blocks.")
-            role = message.role.value if isinstance(message.role, MessageRole) else str(message.role)
-            content = message.content or ""
-            if role == MessageRole.SYSTEM.value and self.emphasize_system_prompt and content.strip():
-                content = emphasize(content)
-            core_messages.append({"role": role, "content": content})
+    def _chat_call(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> tuple[Prompt, dict[str, Any]]:
+        converted: Prompt = core_messages(messages, self.emphasize_system_prompt, self.model_name)
         if not self.is_chat_model:
-            core_messages = self.messages_to_prompt(
-                [ChatMessage(role=m["role"], content=m["content"]) for m in core_messages]
-            )
-        return core_messages, self._options(kwargs, _marked(core_messages))
+            converted = self.messages_to_prompt([ChatMessage(role=m["role"], content=m["content"]) for m in converted])
+        return converted, self._options(kwargs, converted)
 
-    def _options(self, kwargs: dict[str, Any], marked: bool) -> dict[str, Any]:
-        unknown = set(kwargs) - CALL_OPTIONS
-        if unknown:
-            raise TypeError(
-                f"PastaLLM got unexpected keyword argument(s) {sorted(unknown)}; "
-                f"per-call options are {sorted(CALL_OPTIONS)}."
-            )
-        options: dict[str, Any] = {
-            "max_new_tokens": self.max_new_tokens,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "top_k": self.top_k,
-            "repetition_penalty": self.repetition_penalty,
-            "stop": list(self.stop),
-            "seed": self.seed,
-            "steer": self.steer,
-            "heads": self.heads,
-            "alpha": self.alpha,
-            "steer_generated": self.steer_generated,
-            "generated_alpha": self.generated_alpha,
-            "emphasis": None,
-        }
-        options.update(kwargs)
-        stop = options["stop"]
-        if isinstance(stop, str):
-            options["stop"] = [stop]
-        elif stop is not None and not all(isinstance(s, str) and s for s in stop):
-            raise ValueError(f"stop must be a list of non-empty strings, got {stop!r}.")
-        if isinstance(options["emphasis"], str):
-            options["emphasis"] = [options["emphasis"]]
-        # Nothing emphasized: the plain model, silently (the core would warn on every such call).
-        options["steer"] = bool(options["steer"]) and (marked or bool(options["emphasis"]))
-        return options
+    def _options(self, kwargs: dict[str, Any], prompt: Prompt) -> dict[str, Any]:
+        """The core's keyword arguments for one call: its emphasis, Steering and SamplingSettings."""
+        check_call_options(kwargs)
+        emphasis = call_emphasis(kwargs)
+        steering = self._steering(kwargs, marked=is_marked(prompt) or bool(emphasis))
+        return {"emphasis": emphasis, "steering": steering, "settings": self._sampling(kwargs)}
 
+    def _steering(self, kwargs: dict[str, Any], marked: bool) -> Steering:
+        shortcuts = {name: getattr(self, name) for name in steering_keywords() if name in type(self).model_fields}
+        return call_steering(self.steering, shortcuts, kwargs, marked)
 
-def _marked(prompt: Any) -> bool:
-    if isinstance(prompt, str):
-        return has_markers(prompt)
-    return any(has_markers(message["content"]) for message in prompt)
-
-
-def _usage(generation: Generation) -> dict[str, Any]:
-    return {
-        "usage": {
-            "prompt_tokens": generation.prompt_tokens,
-            "completion_tokens": generation.completion_tokens,
-            "total_tokens": generation.prompt_tokens + generation.completion_tokens,
-        },
-        "finish_reason": generation.finish_reason,
-        "steered": generation.steered,
-    }
-
-
-def _completion_response(generation: Generation) -> CompletionResponse:
-    info = _usage(generation)
-    return CompletionResponse(text=generation.text, raw=info, additional_kwargs=dict(info["usage"]))
-
-
-def _chat_response(generation: Generation) -> ChatResponse:
-    info = _usage(generation)
-    return ChatResponse(
-        message=ChatMessage(role=MessageRole.ASSISTANT, content=generation.text),
-        raw=info,
-        additional_kwargs=dict(info["usage"]),
-    )
-
-
-async def _in_thread(chunks: Iterator[str]) -> AsyncIterator[str]:
-    """Iterate a blocking token stream without blocking the event loop; closing stops generation."""
-    done = object()
-    try:
-        while (item := await asyncio.to_thread(next, chunks, done)) is not done:
-            yield item  # type: ignore[misc]
-    finally:
-        try:
-            await asyncio.to_thread(chunks.close)
-        except ValueError:  # cancelled while a token was being fetched: it ends at max_new_tokens
-            pass
-
-
-def _use_model_tokenizer(core: PastaModel) -> None:
-    """Count LlamaIndex's prompt-packing tokens with this model's tokenizer, unless one is set already."""
-    import llama_index.core
-    from llama_index.core import Settings
-
-    if llama_index.core.global_tokenizer is None:
-        Settings.tokenizer = core.tokenizer
+    def _sampling(self, kwargs: dict[str, Any]) -> SamplingSettings:
+        fields = {name: getattr(self, name) for name in DECODING_OPTIONS if name in type(self).model_fields}
+        return call_sampling(fields, kwargs)
