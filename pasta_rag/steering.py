@@ -192,11 +192,10 @@ def _steer_through_mask(
     key: torch.Tensor,  # (batch, kv_heads, keys, dim)
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
-    switches: torch.Tensor,  # (groups, batch or 1, heads)
-    key_biases: torch.Tensor,  # (groups, batch, keys)
+    steered: Sequence[tuple[torch.Tensor, torch.Tensor]],  # per group: switch (batch or 1, heads), bias (batch, keys)
     **kwargs,
 ):
-    bias = (switches[:, :, :, None, None] * key_biases[:, :, None, None, :]).sum(0)  # (batch, heads, 1, keys)
+    bias = sum(s[:, :, None, None] * b[:, None, None, :] for s, b in steered)  # (batch, heads, 1, keys)
     return attend(module, query, key, value, _with_bias_in_mask(attention_mask, bias, query.dtype), **kwargs)
 
 
@@ -207,8 +206,7 @@ def _steer_through_channel(
     key: torch.Tensor,  # (batch, kv_heads, keys, dim)
     value: torch.Tensor,  # (batch, kv_heads, keys, dim_v)
     attention_mask: torch.Tensor | None,
-    switches: torch.Tensor,  # (groups, batch or 1, heads)
-    key_biases: torch.Tensor,  # (groups, batch, keys)
+    steered: Sequence[tuple[torch.Tensor, torch.Tensor]],  # per group: switch (batch or 1, heads), bias (batch, keys)
     scaling: float | None = None,
     **kwargs,
 ):
@@ -219,15 +217,15 @@ def _steer_through_channel(
     dim = query.shape[-1]
     if scaling is None:
         scaling = dim**-0.5
-    groups = switches.shape[0]
-    pad = 8 * math.ceil(groups / 8)  # keeps the head size a multiple of 8, which fused kernels want
+    pad = 8 * math.ceil(len(steered) / 8)  # keeps the head size a multiple of 8, which fused kernels want
     batch, heads, q_len, _ = query.shape
     kv_heads, keys = key.shape[1], key.shape[2]
 
     query_extra = query.new_zeros(batch, heads, q_len, pad)
-    query_extra[..., :groups] = switches.permute(1, 2, 0)[:, :, None, :]  # (batch or 1, heads, 1, groups)
     key_extra = key.new_zeros(batch, kv_heads, keys, pad)
-    key_extra[..., :groups] = (key_biases / scaling).permute(1, 2, 0)[:, None, :, :]  # (batch, 1, keys, groups)
+    for channel, (switch, key_bias) in enumerate(steered):
+        query_extra[..., channel] = switch[:, :, None]
+        key_extra[..., channel] = (key_bias / scaling)[:, None, :]
     value_extra = value.new_zeros(*value.shape[:-1], pad + dim - value.shape[-1])
 
     output, weights = attend(
@@ -256,17 +254,12 @@ def _make_steered_attention(base: str, dense: bool = False) -> Callable:
         steered = [] if layer is None else _steered_groups(_current_state.get(), layer, query, key)
         if not steered:
             return attend(module, query, key, value, attention_mask, **kwargs)
-        batch = query.shape[0]
-        switches = torch.stack([switch.expand(batch, -1) for switch, _ in steered])  # (groups, batch, heads)
-        key_biases = torch.stack([bias for _, bias in steered])  # (groups, batch, keys)
         soft_capped = kwargs.get("softcap") is not None
         if dense or soft_capped or query.shape[2] == 1:
             if dense and attention_mask is None:
                 attention_mask = _dense_causal_mask(query.shape[2], key.shape[2], query.device)
-            return _steer_through_mask(attend, module, query, key, value, attention_mask, switches, key_biases,
-                                       **kwargs)
-        return _steer_through_channel(attend, module, query, key, value, attention_mask, switches, key_biases,
-                                      **kwargs)
+            return _steer_through_mask(attend, module, query, key, value, attention_mask, steered, **kwargs)
+        return _steer_through_channel(attend, module, query, key, value, attention_mask, steered, **kwargs)
 
     steered_attention.__name__ = f"pasta_{base}_attention"
     return steered_attention
