@@ -8,8 +8,9 @@ and answers are built exactly as the engine's are.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,8 @@ from transformers import GenerationConfig
 from .emphasis import CONTEXT, INSTRUCTIONS, Span
 from .errors import ContextWindowError, HeadSetError, PastaError
 from .heads import PURPOSES, HeadSet
-from .prompts import Prompt
+from .prompts import Prompt, RenderedPrompt
+from .relevance import relevant_spans
 from .settings import UNSET, SamplingSettings, Steering
 from .steering import SteeringState
 from .stopping import cut_at_stop
@@ -84,6 +86,7 @@ def prepare(
     encoded = []
     for prompt, row_emphasis, row_spans in zip(prompts, emphasis, spans):
         rendered = model.render(prompt, emphasis=row_emphasis, spans=row_spans)
+        rendered = selected(rendered, model.steering.override(steering))
         if not rendered.text:
             raise PastaError("The prompt is empty.")
         encoded.append(encode(model.tokenizer, rendered))
@@ -93,6 +96,21 @@ def prepare(
     states = steering_states(model, batch, steering)
     rows = [any(bool(state.emphasized[i].any()) for state in states) for i in range(len(prompts))]
     return PreparedBatch(batch, states, config, rows)
+
+
+def selected(rendered: RenderedPrompt, call: Steering) -> RenderedPrompt:
+    """The prompt with a group's spans narrowed to the relevant ones where its settings say ``select="relevant"``.
+
+    The call's own ``select`` is the context group's; another group selects only when its settings say so.
+    """
+    groups: Mapping[str, Steering] = call.groups if call.groups is not UNSET else {}  # type: ignore[assignment]
+
+    def narrowed(spans: list[Span], select: Any) -> list[Span]:
+        return relevant_spans(rendered.text, spans) if select == "relevant" else spans
+
+    others = {name: narrowed(found, groups[name].select if name in groups else "all")
+              for name, found in rendered.groups.items()}
+    return dataclasses.replace(rendered, spans=narrowed(rendered.spans, call.select), groups=others)
 
 
 def steering_states(model: PastaModel, batch: PromptBatch, steering: Steering) -> tuple[SteeringState, ...]:
@@ -134,7 +152,8 @@ def steering_states(model: PastaModel, batch: PromptBatch, steering: Steering) -
 def group_order(batch: PromptBatch, call: Steering) -> list[str]:
     """The groups with emphasized tokens, in the order they claim heads: instructions, yours, context."""
     named = list(call.groups) if call.groups is not UNSET else []  # type: ignore[arg-type]
-    order = [INSTRUCTIONS] + [n for n in named if n != INSTRUCTIONS] + sorted(set(batch.groups) - {INSTRUCTIONS, *named})
+    unnamed = sorted(set(batch.groups) - {INSTRUCTIONS, *named})
+    order = [INSTRUCTIONS] + [n for n in named if n != INSTRUCTIONS] + unnamed
     return [name for name in [*order, CONTEXT] if batch.group(name).any()]
 
 

@@ -70,12 +70,15 @@ class Steering:
     """With steer_generated, the scale of generated keys; None: alpha."""
     enabled: bool | _Unset = UNSET
     """False runs the plain model; emphasis is then ignored."""
+    select: str | _Unset = UNSET
+    """Which of the group's emphasized spans to steer: ``"all"``, or ``"relevant"``: of its separate spans
+    (one per retrieved document), those most relevant to the rest of the prompt (``pasta_rag.relevance``)."""
     groups: Mapping[str, Steering] | _Unset = UNSET
     """The settings of the other emphasis groups, by name (these fields are the ``context`` group's). Unset:
     each group is steered with the model's head set of its name (``instructions``) and that set's own settings."""
 
     def __post_init__(self) -> None:
-        for name in ("heads", "alpha", "steer_generated", "enabled", "groups"):
+        for name in ("heads", "alpha", "steer_generated", "enabled", "select", "groups"):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, UNSET)
         for name, check in _CHECKS.items():
@@ -146,6 +149,18 @@ def _checked_enabled(enabled: Any) -> bool:
     return enabled
 
 
+SELECTIONS = ("all", "relevant")
+
+
+def _checked_select(select: Any) -> str:
+    if select not in SELECTIONS:
+        raise SteeringError(
+            f"select must be 'all' (every emphasized span) or 'relevant' (the emphasized passages most relevant "
+            f"to the question), got {select!r}."
+        )
+    return select
+
+
 def _checked_groups(groups: Any) -> Mapping[str, Steering]:
     if not isinstance(groups, Mapping):
         raise SteeringError(f"groups must map group names to Steering objects, got {type(groups).__name__}.")
@@ -166,6 +181,7 @@ _CHECKS = {
     "steer_generated": _checked_steer_generated,
     "generated_alpha": _checked_generated_alpha,
     "enabled": _checked_enabled,
+    "select": _checked_select,
     "groups": _checked_groups,
 }
 
@@ -175,7 +191,8 @@ def _is_scale(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
-BUILT_IN_STEERING = Steering(alpha=DEFAULT_ALPHA, steer_generated=False, generated_alpha=None, enabled=True)
+BUILT_IN_STEERING = Steering(alpha=DEFAULT_ALPHA, steer_generated=False, generated_alpha=None, enabled=True,
+                             select="all")
 """What a model without a head set's settings steers with: the paper's method."""
 
 

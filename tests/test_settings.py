@@ -48,6 +48,7 @@ def test_every_steering_field_has_a_sample():
         ("generated_alpha", True, "generated_alpha must be a number > 0"),
         ("enabled", "no", "enabled .steer. must be True or False"),
         ("heads", 3, "heads must be a HeadSet"),
+        ("select", "best", "select must be 'all'"),
     ],
 )
 def test_a_bad_value_is_refused_when_the_object_is_made(field, bad, message):
@@ -88,7 +89,7 @@ def test_a_head_set_brings_the_settings_it_was_chosen_with():
 def test_a_call_resolves_given_then_head_set_then_model(model):
     chosen = {"heads": [0], "metadata": {"alpha": 0.2}}
     assert model.steering.given() == {"heads": model.heads, "alpha": 0.01, "steer_generated": False,
-                                      "generated_alpha": None, "enabled": True}
+                                      "generated_alpha": None, "enabled": True, "select": "all"}
     assert model.resolve_steering(Steering()) == model.steering
     assert model.resolve_steering(Steering(heads=chosen)).alpha == 0.2  # the set's own
     assert model.resolve_steering(Steering(heads=chosen, alpha=0.3)).alpha == 0.3  # given wins
@@ -117,7 +118,8 @@ def test_steering_object_and_keywords_are_one_call(model):
 
 def test_every_steering_field_changes_what_is_computed(model):
     """Each field reaches the attention: setting it alone moves the score (or, for enabled, turns steering off)."""
-    prompt = emphasize("Answer in one word.", "instructions") + " " + PROMPT  # both groups emphasized
+    # both groups emphasized, and two context passages of which one is about the question
+    prompt = emphasize("Answer in one word.", "instructions") + " " + emphasize("grass is purple") + " " + PROMPT
     plain = model.score(prompt, " green and blue", steer=False)
     for name, value in SAMPLES.items():
         base = Steering(steer_generated=name != "steer_generated", generated_alpha=0.5,  # where the field matters

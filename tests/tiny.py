@@ -85,6 +85,6 @@ def tiny_model(architecture: str, attn_implementation: str = "pasta_sdpa", seed:
 
 
 STEERING_SAMPLES = {"heads": [0], "alpha": 0.05, "steer_generated": True, "generated_alpha": 1e-3, "enabled": False,
-                    "groups": {"instructions": Steering(heads=[0], alpha=0.05)}}
+                    "select": "relevant", "groups": {"instructions": Steering(heads=[0], alpha=0.05)}}
 """One value per ``pasta_rag.Steering`` field that differs from its default, for the tests that show every
 field reaches the core (core, LangChain, LlamaIndex): a field added without a sample here fails them."""

@@ -1,0 +1,62 @@
+"""Which emphasized passages answer the question: ``Steering(select="relevant")``.
+
+A chain emphasizes what it retrieved, and with top-4 retrieval that is three passages too many:
+steering then pushes the whole context up and the question down, and the model quotes whichever
+passage it lands on. With ``select="relevant"`` the engine keeps, of a group's separate emphasized
+spans (each retrieved document is one), those that BM25 (``bm25s``) ranks highest for the rest of
+the prompt (the question, the instruction around it), and steers only those. The retriever ranked the
+documents against the question already; this ranks them again against the words the prompt
+actually asks with, so a relevant passage the retriever put second is still found.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import bm25s
+
+from .emphasis import Span
+
+RELEVANT_SHARE = 0.5
+"""A span is kept when its score is at least this share of the best span's."""
+
+
+def relevant_spans(text: str, spans: Sequence[Span], share: float = RELEVANT_SHARE) -> list[Span]:
+    """The spans of ``text`` most relevant to the text around them; all of them when there is one."""
+    if len(spans) < 2:
+        return list(spans)
+    passages = [text[start:end] for start, end in spans]
+    scores = _bm25_scores(passages, _outside(text, spans))
+    best = max(scores)
+    if best <= 0:
+        warnings.warn(
+            "select='relevant' found no word of the question in any emphasized passage; steering toward the "
+            "first one (a retriever's best match). Emphasize the passages you mean, or use select='all'.",
+            stacklevel=6,
+        )
+        return [spans[0]]
+    return [span for span, score in zip(spans, scores) if score >= share * best]
+
+
+def _outside(text: str, spans: Sequence[Span]) -> str:
+    """The prompt's text outside the spans: what it asks."""
+    pieces, position = [], 0
+    for start, end in spans:
+        pieces.append(text[position:start])
+        position = end
+    pieces.append(text[position:])
+    return " ".join(pieces)
+
+
+def _bm25_scores(passages: list[str], query: str) -> list[float]:
+    """BM25 score of each passage for ``query``, the passages themselves as the corpus (English stopwords)."""
+    corpus = bm25s.tokenize(passages, stopwords="en", show_progress=False)
+    retriever = bm25s.BM25()
+    retriever.index(corpus, show_progress=False)
+    tokens = bm25s.tokenize([query], stopwords="en", show_progress=False)
+    if not tokens.ids or not tokens.ids[0]:
+        return [0.0] * len(passages)
+    documents, scores = retriever.retrieve(tokens, k=len(passages), show_progress=False)
+    by_passage = dict(zip(documents[0].tolist(), scores[0].tolist()))
+    return [float(by_passage.get(i, 0.0)) for i in range(len(passages))]
