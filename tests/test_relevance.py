@@ -31,11 +31,13 @@ def test_the_passage_the_question_is_about_is_kept_wherever_it_is_ranked():
         assert text[slice(*kept)] == PASSAGES[1]
 
 
-def test_several_relevant_passages_are_all_kept():
+def test_passages_close_to_the_best_are_kept_with_a_lower_share():
     passages = PASSAGES + ["Jordan's capital is also called the city of seven hills; Harare is in Jordan."]
     text = "\n\n".join(passages) + "\n\n" + QUESTION
-    kept = [text[s:e] for s, e in relevant_spans(text, spans_of(text, passages))]
+    kept = [text[s:e] for s, e in relevant_spans(text, spans_of(text, passages), share=0.5)]
     assert kept == [PASSAGES[1], passages[-1]]
+    (best,) = relevant_spans(text, spans_of(text, passages))  # the default keeps the best one only
+    assert text[slice(*best)] in kept
 
 
 def test_one_span_stays_and_no_question_falls_back_to_the_first():
