@@ -33,9 +33,10 @@ from .settings import (
     split_options,
     steering_keywords,
 )
-from .steering import steered_implementation, steering
+from .steering import steered_implementation, steering, use_steerable_attention
 from .stopping import StopOnText
 from .streaming import AsyncTextStream, TextStream, stream_text
+from .tokens import pad_token_id
 
 __all__ = ["DEFAULT_ALPHA", "Generation", "HeadSetLike", "PastaModel", "SamplingKwargs", "SamplingSettings",
            "Steering", "TextStream"]
@@ -71,8 +72,8 @@ class PastaModel:
         self.num_layers: int = text_config.num_hidden_layers
         self.num_heads: int = text_config.num_attention_heads
         self.context_window: int = getattr(text_config, "max_position_embeddings", None) or 2048
-        self._use_steerable_attention(text_config)
-        self.pad_token_id: int = _pad_token_id(tokenizer, model)
+        use_steerable_attention(model)
+        self.pad_token_id: int = pad_token_id(tokenizer, model)
         given, unknown = split_options(steering, steering_fields)
         if unknown:
             raise TypeError(f"PastaModel got unknown argument(s) {sorted(unknown)}; steering settings are "
@@ -303,22 +304,6 @@ class PastaModel:
             return call_steering, settings
         return call_steering, sampling_settings(rest)
 
-    def _use_steerable_attention(self, text_config: Any) -> None:
-        """Switch a user-loaded model to the steered twin of its attention implementation."""
-        current = self.model.config._attn_implementation
-        wanted = steered_implementation(current)
-        if getattr(text_config, "attn_logit_softcapping", None) and wanted == "pasta_sdpa":
-            wanted = "pasta_eager"  # SDPA cannot soft-cap; the model's eager attention can
-        if current != wanted:
-            self.model.set_attn_implementation(wanted)
-
 
 def _steered(prepared: PreparedBatch):
     return steering(prepared.states)
-
-
-def _pad_token_id(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> int:
-    for candidate in (tokenizer.pad_token_id, model.generation_config.pad_token_id, tokenizer.eos_token_id):
-        if candidate is not None:
-            return int(candidate if not isinstance(candidate, list) else candidate[0])
-    return 0

@@ -303,6 +303,16 @@ def register() -> None:
     AttentionMaskInterface.register(DENSE_BASELINE, _make_recording_mask(sdpa_mask))
 
 
+def use_steerable_attention(model: torch.nn.Module) -> None:
+    """Switch a loaded model to the steered twin of its attention implementation."""
+    current = model.config._attn_implementation
+    wanted = steered_implementation(current)
+    if getattr(model.config.get_text_config(), "attn_logit_softcapping", None) and wanted == "pasta_sdpa":
+        wanted = "pasta_eager"  # SDPA cannot soft-cap; the model's eager attention can
+    if current != wanted:
+        model.set_attn_implementation(wanted)
+
+
 def steered_implementation(implementation: str | None) -> str:
     """Map what a user asks for ("sdpa", "eager", None) to the registered steered name."""
     implementation = implementation or "sdpa"

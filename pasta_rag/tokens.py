@@ -84,3 +84,11 @@ def _padded_flags(rows: Sequence[list[bool] | None], length: int) -> torch.Tenso
         if values:
             flags[row, length - len(values) :] = torch.tensor(values, dtype=torch.bool)
     return flags
+
+
+def pad_token_id(tokenizer: PreTrainedTokenizerBase, model: torch.nn.Module) -> int:
+    """The id that pads a batch: the tokenizer's, else the model's generation config's, else end-of-sequence."""
+    for candidate in (tokenizer.pad_token_id, model.generation_config.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate if not isinstance(candidate, list) else candidate[0])
+    return 0
