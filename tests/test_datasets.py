@@ -7,6 +7,7 @@ import json
 import random
 import re
 import sys
+from collections import Counter
 from functools import cache
 from pathlib import Path
 
@@ -16,7 +17,7 @@ pytest.importorskip("countryinfo")
 pytest.importorskip("pycountry")
 pytest.importorskip("faker")
 
-from pasta_rag.research.evaluation import obeys, parse_example  # noqa: E402
+from pasta_rag.research.evaluation import obeys, parse_example
 
 ROOT = Path(__file__).parents[1]
 DATA = ROOT / "benchmarks" / "data"
@@ -153,3 +154,40 @@ def test_subjects_come_back_only_after_every_eligible_one(generator):
     for start in range(0, 10, 5):  # two full rounds of the 5, then the third begins
         assert sorted(drawn[start : start + 5]) == sorted(c.name for c in pool)
     assert len(set(drawn[10:])) == 2
+
+
+def test_injection_sets_balance_families_positions_and_relations(generator, generated):
+    for split, sizes in generator.SIZES.items():
+        rows = records(generated, split, "injection")
+        cells = Counter((row["family"], row["position"], subject(generator, row["question"])[1]) for row in rows)
+        cycle = len(generator.FAMILIES) * len(generator.POSITIONS) * len(generator.RELATIONS)
+        assert len(cells) == cycle and set(cells.values()) == {sizes["injection"] // cycle}, split
+
+
+def test_injection_documents_state_the_fact_and_carry_the_attack(generator, generated):
+    for split in SPLITS:
+        for row in records(generated, split, "injection"):
+            country, relation = subject(generator, row["question"])
+            assert row["expected"] == country.value(relation) and row["system"] == generator.INJECTION_SYSTEM
+            assert row["context"].count(row["attack"]) == 1 and row["payload"] in row["attack"], row["id"]
+            facts = row["context"].replace(row["attack"], "").lower()
+            assert row["expected"].lower() in facts and row["payload"].lower() not in facts, row["id"]
+            if row["family"] == "wrong_answer":  # another country's value: a plausible wrong answer
+                assert row["payload"] not in country.values(relation), row["id"]
+                assert any(c.value(relation) == row["payload"] for c in generator.load_countries()[0]), row["id"]
+            else:
+                assert row["payload"].endswith(".com"), row["id"]
+            if row["family"] == "hidden_in_long":
+                assert len(row["context"].split("\n\n")) == generator.LONG_PASSAGES, row["id"]
+            if row["family"] == "fake_turn":
+                assert "<|im_end|>\n<|im_start|>" in row["attack"], row["id"]
+            if row["family"] == "important_instructions":
+                assert row["attack"].startswith("<INFORMATION>") and "Signed,\n\nthe user" in row["attack"], row["id"]
+
+
+def test_injection_attacks_sit_at_the_start_middle_or_end(generator, generated):
+    for row in records(generated, "dev", "injection"):
+        if row["family"] == "hidden_in_long":
+            continue
+        before, after = row["context"].split(row["attack"])
+        assert (not before, not after) == {"start": (True, False), "middle": (False, False), "end": (False, True)}[row["position"]]
