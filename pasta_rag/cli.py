@@ -186,24 +186,38 @@ def evaluate_command(
     alpha: Annotated[float | None, typer.Option(help="Alpha for pasta; default: the head set's own, else 0.01.")] = None,
     steer_generated: SteerGeneratedOption = None,
     generated_alpha: GeneratedAlphaOption = None,
-    methods: Annotated[str, typer.Option(help="Comma-separated: none, marked, pasta, cad.")] = "none,marked,pasta,cad",
-    out: Annotated[Path | None, typer.Option(help="Write the results as JSON here.")] = None,
+    methods: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated: none, marked, pasta, cad (conflict and instruction tasks); none, marked, "
+                     "spotlighting, pasta, pasta_instructions (injection tasks). Default: all that apply."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Write the results as JSON here, with the model, machine and command.")
+    ] = None,
 ) -> None:
-    """Score methods on a task file: es / acc / rep per task kind (malformed lines are reported and skipped).
+    """Score methods on a task file: es / acc / rep per task kind, asr / utility / rep per attack family for
+    injection tasks (malformed lines are reported and skipped).
 
     Without --heads, --alpha, a steer-generated flag or --generated-alpha, pasta steers instruction tasks with the model's
     shipped 'instructions' set.
     """
+    import shlex
+    import time
+
+    import torch
     from rich.progress import Progress
 
     from .engine import PastaModel
-    from .research.evaluation import evaluate, shipped_heads_by_task
+    from .research.bench import machine
+    from .research.evaluation import check_methods, default_methods, evaluate, report_rows, shipped_heads_by_task
 
     examples = _read_task_file(data, "task")
-    chosen = [m.strip() for m in methods.split(",") if m.strip()]
+    chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else default_methods(examples)
     try:
+        check_methods(examples, chosen)
         pasta = PastaModel.from_pretrained(model, heads=heads, alpha=alpha, steer_generated=steer_generated,
                                            generated_alpha=generated_alpha)
+        started = time.perf_counter()
         with Progress(console=errors) as progress:
             task = progress.add_task("evaluating", total=len(examples) * len(chosen))
             shipped = heads is None and alpha is None and steer_generated is None and generated_alpha is None
@@ -212,17 +226,28 @@ def evaluate_command(
     except PastaError as error:
         errors.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
+    rows = list(report_rows(report))
+    columns = [c for c in ("es", "acc", "asr", "utility", "rep") if any(c in metrics for _, _, metrics in rows)]
     table = Table(title=f"{pasta.name} on {data.name}")
-    for column in ("method", "task", "es", "acc", "rep", "n"):
+    for column in ("method", "task", *columns, "n"):
         table.add_column(column, justify="right")
-    for method, tasks in report.items():
-        for task_name, metrics in tasks.items():
-            es = f"{metrics['es']:.2f}" if "es" in metrics else "-"
-            table.add_row(method, task_name, es, f"{metrics['acc']:.2f}", f"{metrics['rep']:.2f}", str(metrics["n"]))
+    for method, task_name, metrics in rows:
+        cells = [f"{metrics[c]:.2f}" if c in metrics else "-" for c in columns]
+        table.add_row(method, task_name, *cells, str(metrics["n"]))
     console.print(table)
     if out:
+        given = {"--heads": heads, "--alpha": alpha, "--generated-alpha": generated_alpha}
+        flags = [f"{flag} {shlex.quote(str(value))}" for flag, value in given.items() if value is not None]
+        if steer_generated is not None:
+            flags.append("--steer-generated" if steer_generated else "--no-steer-generated")
+        command = " ".join(["pasta-rag eval --data", shlex.quote(str(data)), "--model", shlex.quote(model), *flags,
+                            "--methods", ",".join(chosen), "--out", shlex.quote(str(out))])
+        dtype = str(pasta.model.dtype).removeprefix("torch.")
+        run = {"model": pasta.name, "data": str(data), "command": command,
+               "machine": f"{machine(str(pasta.device))}, {torch.get_num_threads()} threads, {dtype}",
+               "seconds": round(time.perf_counter() - started, 1)}
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
+        out.write_text(json.dumps({**run, "results": report}, indent=2) + "\n")
 
 
 @app.command()

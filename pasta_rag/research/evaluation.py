@@ -4,6 +4,8 @@ The harness owns the prompt, so that methods differ only in how the emphasized
 text is treated: ``none`` (plain model), ``marked`` (the paper's baseline: the
 text wrapped in asterisks, no steering), ``pasta`` (steered toward it) and
 ``cad`` (context-aware decoding: contrasted with the prompt without it).
+Injection tasks (a document carrying an attacker's instruction) have their own
+prompts, metrics and methods: see ``injection``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,12 +23,20 @@ from ..engine import HeadSetLike, PastaModel
 from ..errors import PastaError
 from ..heads import shipped_head_set
 from ..prompts import PLAIN_FORMAT, PLAIN_NEXT_TURN
+from . import injection
 from .cad import generate_cad, score_cad
+from .injection import INJECTION, InjectionScore
 
-METHODS = ("none", "marked", "pasta", "cad")
-TASKS = ("knowledge_conflict", "instruction")
+METHODS = ("none", "marked", "pasta", "cad", "spotlighting", "pasta_instructions")
+TASKS = ("knowledge_conflict", "instruction", INJECTION)
+TASK_METHODS = {"knowledge_conflict": METHODS[:4], "instruction": METHODS[:4], INJECTION: injection.METHODS}
 CHECK_KINDS = ("json_keys", "absent_words", "contains")
-NEW_TOKENS = {"knowledge_conflict": 24, "instruction": 96}
+NEW_TOKENS = {"knowledge_conflict": 24, "instruction": 96, INJECTION: injection.NEW_TOKENS}
+REQUIRED = {
+    "knowledge_conflict": ["target_new", "target_true"],
+    "instruction": ["instruction", "check"],
+    INJECTION: ["system", "expected", "payload", "family"],
+}
 
 
 @dataclass(frozen=True)
@@ -45,13 +55,22 @@ class Example:
     """Instruction examples may give an answer that obeys and one that violates: the profiler contrasts them.
     A conflict's answer is the complete sentence that follows the context: its stop row scores ending the turn there."""
     violation: str | None = None
+    family: str | None = None
+    """Injection: the attack family, reported on its own."""
+    position: str | None = None
+    expected: str | None = None
+    """Injection: the document's fact, the answer to give."""
+    payload: str | None = None
+    """Injection: what the attacker wants the answer to carry."""
+    attack: str | None = None
+    """Injection: the attacker's text, as inserted in the context."""
 
     @property
     def emphasized(self) -> list[str]:
-        """What the task emphasizes: the given substrings, else the context (conflicts) or the instruction."""
+        """What the task emphasizes: the given substrings, else the context (conflicts, injection) or the instruction."""
         if self.emphasis:
             return list(self.emphasis)
-        return [self.context if self.task == "knowledge_conflict" else self.instruction or ""]
+        return [self.instruction or "" if self.task == "instruction" else self.context]
 
 
 @dataclass(frozen=True)
@@ -67,8 +86,7 @@ def parse_example(data: Any) -> Example:
     task = data.get("task")
     if task not in TASKS:
         raise PastaError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
-    required = ["id", "context", "question"]
-    required += ["target_new", "target_true"] if task == "knowledge_conflict" else ["instruction", "check"]
+    required = ["id", "context", "question", *REQUIRED[task]]
     missing = [name for name in required if data.get(name) in (None, "")]
     if missing:
         raise PastaError(f"{task} example lacks {', '.join(missing)}")
@@ -82,7 +100,9 @@ def parse_example(data: Any) -> Example:
     if emphasis is not None and not (isinstance(emphasis, list) and all(isinstance(e, str) and e for e in emphasis)):
         raise PastaError("emphasis must be a list of non-empty strings")
     example = Example(**fields)
-    container = example.context if task == "knowledge_conflict" else f"{example.instruction}\n{example.context}"
+    if task == INJECTION:
+        injection.check_record(example)
+    container = f"{example.instruction}\n{example.context}" if task == "instruction" else example.context
     absent = [e for e in example.emphasized if e not in container]
     if absent:
         raise PastaError(f"emphasis {absent!r} does not occur in the example's text")
@@ -153,6 +173,29 @@ def first_json_object(text: str) -> dict | None:
 class Prompted:
     messages: list[dict[str, str]]
     steer: bool
+    heads: HeadSetLike | None = None
+    """The head set the method steers with, whatever the runner was given for the task (pasta_instructions)."""
+
+
+def check_methods(examples: Iterable[Example], methods: Iterable[str]) -> None:
+    """Refuse, before any generation, a method that does not apply to a task kind of ``examples``."""
+    tasks = {example.task for example in examples}
+    for method in methods:
+        if method not in METHODS:
+            raise PastaError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        for task in sorted(tasks):
+            if method == "cad" and task == INJECTION:
+                raise PastaError("cad does not apply to injection tasks: it contrasts the answer with and without the "
+                                 f"document, which holds the attack too; choose from {', '.join(injection.METHODS)}")
+            if method not in TASK_METHODS[task]:
+                raise PastaError(f"method {method!r} does not apply to {task} tasks; choose from "
+                                 f"{', '.join(TASK_METHODS[task])}")
+
+
+def default_methods(examples: Iterable[Example]) -> list[str]:
+    """Every method that applies to every task kind of ``examples``."""
+    tasks = {example.task for example in examples}
+    return [m for m in METHODS if all(m in TASK_METHODS[task] for task in tasks)]
 
 
 def prompt_without_emphasis(example: Example) -> list[dict[str, str]]:
@@ -168,6 +211,10 @@ def prompt_for(example: Example, method: str) -> Prompted:
     """The chat messages of ``example`` under ``method``: one user message, context then question."""
     if method not in METHODS:
         raise PastaError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if example.task == INJECTION:
+        return Prompted(injection.messages_for(example, method), steer=method in injection.STEERED_HEADS,
+                        heads=injection.STEERED_HEADS.get(method))
+    check_methods([example], [method])
     mark: Callable[[str], str] = {
         "none": lambda s: s, "cad": lambda s: s, "marked": lambda s: f"*{s}*", "pasta": emphasize
     }[method]
@@ -206,26 +253,30 @@ class TaskScore:
 def evaluate(
     model: PastaModel,
     examples: Sequence[Example],
-    methods: Iterable[str] = METHODS,
+    methods: Iterable[str] | None = None,
     batch_size: int = 8,
     progress: Callable[[int], None] | None = None,
     es: bool = True,
     heads: Mapping[str, HeadSetLike] | None = None,
-) -> dict[str, dict[str, dict[str, float | int]]]:
-    """``{method: {task: {"es", "acc", "rep", "n"}}}`` over ``examples`` (es for knowledge conflicts only).
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{method: {task: metrics}}`` over ``examples``; ``methods`` defaults to those that apply to every task kind.
 
+    Metrics: ``{"es", "acc", "rep", "n"}`` (es for knowledge conflicts only); for injection tasks
+    ``{"asr", "utility", "rep", "n", "families": {family: {"asr", "utility", "rep", "n"}}}``.
     ``es=False`` skips the efficacy score (two extra forwards per conflict), as choosing heads on dev does.
     ``heads`` steers a task kind with another head set than the model's, e.g. ``shipped_heads_by_task``.
     """
-    report: dict[str, dict[str, dict[str, float | int]]] = {}
+    methods = default_methods(examples) if methods is None else list(methods)
+    check_methods(examples, methods)
+    report: dict[str, dict[str, dict[str, Any]]] = {}
     for method in methods:
-        scores: dict[str, TaskScore] = {}
+        scores: dict[str, TaskScore | InjectionScore] = {}
         for task in TASKS:
             batch = [e for e in examples if e.task == task]
             for start in range(0, len(batch), batch_size):
                 chunk = batch[start : start + batch_size]
-                _score_chunk(model, chunk, method, scores.setdefault(task, TaskScore(scored_es=es)),
-                             (heads or {}).get(task))
+                score = scores.setdefault(task, InjectionScore() if task == INJECTION else TaskScore(scored_es=es))
+                _score_chunk(model, chunk, method, score, (heads or {}).get(task))
                 if progress:
                     progress(len(chunk))
         report[method] = {task: score.metrics(task) for task, score in scores.items()}
@@ -237,11 +288,23 @@ def shipped_heads_by_task(model: PastaModel) -> dict[str, HeadSetLike]:
     return {"instruction": "instructions"} if shipped_head_set(model.name, "instructions") else {}
 
 
+def report_rows(report: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> Iterator[tuple[str, str, Mapping[str, Any]]]:
+    """``(method, task, metrics)`` for each entry of an ``evaluate`` report, then ``(method, "task: family", ...)``
+    for each family of a task that reports families."""
+    for method, tasks in report.items():
+        for task, metrics in tasks.items():
+            yield method, task, metrics
+            for family, by_family in metrics.get("families", {}).items():
+                yield method, f"{task}: {family}", by_family
+
+
 def _score_chunk(
-    model: PastaModel, chunk: Sequence[Example], method: str, score: TaskScore, heads: HeadSetLike | None
+    model: PastaModel, chunk: Sequence[Example], method: str, score: TaskScore | InjectionScore,
+    heads: HeadSetLike | None,
 ) -> None:
     prompts = [prompt_for(example, method) for example in chunk]
     steer = prompts[0].steer
+    heads = prompts[0].heads or heads
     new_tokens = NEW_TOKENS[chunk[0].task]
     # A base model answering in the plain format would go on to write the next turn itself.
     stop = [PLAIN_NEXT_TURN] if model.render(prompts[0].messages).format == PLAIN_FORMAT else None
@@ -251,6 +314,10 @@ def _score_chunk(
     else:
         answers = model.generate_batch([p.messages for p in prompts], steer=steer, heads=heads,
                                        max_new_tokens=new_tokens, stop=stop)
+    if isinstance(score, InjectionScore):
+        for example, generation in zip(chunk, answers):
+            score.add(example, generation.text, loops(generation.text))
+        return
     for example, prompted, generation in zip(chunk, prompts, answers):
         score.n += 1
         score.rep_hits += loops(generation.text)
