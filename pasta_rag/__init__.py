@@ -1,10 +1,8 @@
 """pasta-rag: post-hoc attention steering (PASTA) for local LLMs in RAG chains and agents."""
 
-from .emphasis import EMPHASIS_END, EMPHASIS_START, emphasize, has_markers, parse_marked, strip_markers
 from .batching import Generation
+from .emphasis import EMPHASIS_END, EMPHASIS_START, emphasize, has_markers, parse_marked, strip_markers
 from .engine import PastaModel
-from .settings import UNSET, SamplingSettings, Steering
-from .streaming import AsyncTextStream, TextStream
 from .errors import (
     ContextWindowError,
     EmphasisError,
@@ -14,6 +12,8 @@ from .errors import (
     SteeringError,
 )
 from .heads import HeadSet
+from .settings import UNSET, SamplingSettings, Steering
+from .streaming import AsyncTextStream, TextStream
 
 __all__ = [
     "UNSET",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -83,17 +83,17 @@ def prepare(
         raise PastaError("generate_batch takes a non-empty list of prompts; use generate for one prompt.")
     emphasis = _per_prompt(emphasis, len(prompts), "emphasis")
     spans = _per_prompt(spans, len(prompts), "spans")
+    call = model.resolve_steering(steering)  # resolved even when nothing is steered: bad input always says so
     encoded = []
     for prompt, row_emphasis, row_spans in zip(prompts, emphasis, spans):
-        rendered = model.render(prompt, emphasis=row_emphasis, spans=row_spans)
-        rendered = selected(rendered, model.steering.override(steering))
+        rendered = selected(model.render(prompt, emphasis=row_emphasis, spans=row_spans), call)
         if not rendered.text:
             raise PastaError("The prompt is empty.")
         encoded.append(encode(model.tokenizer, rendered))
     batch = pad_left(encoded, model.pad_token_id)
     check_window(model, batch.prompt_len, sampling.max_new_tokens)
     config = sampling.generation_config(model.model.generation_config, model.pad_token_id)
-    states = steering_states(model, batch, steering)
+    states = steering_states(model, batch, call)
     rows = [any(bool(state.emphasized[i].any()) for state in states) for i in range(len(prompts))]
     return PreparedBatch(batch, states, config, rows)
 
@@ -103,7 +103,7 @@ def selected(rendered: RenderedPrompt, call: Steering) -> RenderedPrompt:
 
     The call's own ``select`` is the context group's; another group selects only when its settings say so.
     """
-    groups: Mapping[str, Steering] = call.groups if call.groups is not UNSET else {}  # type: ignore[assignment]
+    groups = call.named_groups
 
     def narrowed(spans: list[Span], select: Any) -> list[Span]:
         return relevant_spans(rendered.text, spans) if select == "relevant" else spans
@@ -113,13 +113,13 @@ def selected(rendered: RenderedPrompt, call: Steering) -> RenderedPrompt:
     return dataclasses.replace(rendered, spans=narrowed(rendered.spans, call.select), groups=others)
 
 
-def steering_states(model: PastaModel, batch: PromptBatch, steering: Steering) -> tuple[SteeringState, ...]:
+def steering_states(model: PastaModel, batch: PromptBatch, call: Steering) -> tuple[SteeringState, ...]:
     """The state of each emphasis group that steers something (none: the plain model).
 
+    ``call`` is the call's steering resolved against the model (``resolve_steering``): the context group's.
     A head in several groups' sets is steered by one group only: the first in ``group_order``, so
     trusted text (the ``instructions`` group) keeps a head that the ``context`` set also names.
     """
-    call = model.steering.override(steering)
     if not call.enabled:
         return ()
     names = group_order(batch, call)
@@ -133,7 +133,7 @@ def steering_states(model: PastaModel, batch: PromptBatch, steering: Steering) -
     states: list[SteeringState] = []
     claimed: set[tuple[int, int]] = set()
     for name in names:
-        resolved = model.resolve_steering(steering if name == CONTEXT else _group_steering(model, call, name))
+        resolved = call if name == CONTEXT else model.resolve_steering(_group_steering(call, name))
         if not resolved.enabled:
             continue
         if resolved.heads is UNSET:
@@ -151,14 +151,14 @@ def steering_states(model: PastaModel, batch: PromptBatch, steering: Steering) -
 
 def group_order(batch: PromptBatch, call: Steering) -> list[str]:
     """The groups with emphasized tokens, in the order they claim heads: instructions, yours, context."""
-    named = list(call.groups) if call.groups is not UNSET else []  # type: ignore[arg-type]
+    named = list(call.named_groups)
     unnamed = sorted(set(batch.groups) - {INSTRUCTIONS, *named})
     order = [INSTRUCTIONS] + [n for n in named if n != INSTRUCTIONS] + unnamed
     return [name for name in [*order, CONTEXT] if batch.group(name).any()]
 
 
-def _group_steering(model: PastaModel, call: Steering, name: str) -> Steering:
-    given = call.groups.get(name, Steering()) if call.groups is not UNSET else Steering()  # type: ignore[union-attr]
+def _group_steering(call: Steering, name: str) -> Steering:
+    given = call.named_groups.get(name, Steering())
     if name in PURPOSES:  # unless told otherwise, the model's set for that purpose, with its own settings
         return Steering(heads=name).override(given)
     if given.heads is not UNSET:

@@ -8,6 +8,7 @@ says where the set came from.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -129,8 +130,12 @@ others, so one set cannot serve both (measured: README, "Head sets and the profi
 """
 
 
+@functools.lru_cache(maxsize=None)
 def shipped_head_set(name: str, purpose: str = "context") -> HeadSet | None:
     """The head set shipped for model ``name`` and ``purpose``, or None.
+
+    Read once per process: a call that names ``heads="instructions"`` (or emphasizes the instructions
+    group) resolves it on every call.
 
     Files: ``pasta_rag/head_sets/<name>.json`` (context) and ``<name>.<purpose>.json``.
     """

@@ -104,6 +104,11 @@ class Steering:
         given.update(Steering(**changes).given())  # checked, and None read as each field reads it
         return dataclasses.replace(self, **given) if given else self
 
+    @property
+    def named_groups(self) -> Mapping[str, Steering]:
+        """The other groups' settings, by name (none when ``groups`` is unset)."""
+        return self.groups if self.groups is not UNSET else MappingProxyType({})  # type: ignore[return-value]
+
     def given(self) -> dict[str, Any]:
         """The fields set here, by name."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not UNSET}

@@ -20,8 +20,8 @@ from pasta_rag import (
     emphasize,
 )
 from pasta_rag.batching import prepare
-from pasta_rag.settings import Steering
 from pasta_rag.prompts import CHAT_TEMPLATE_FORMAT, PLAIN_FORMAT
+from pasta_rag.settings import Steering
 
 PROMPT = f"Context: {emphasize('the sky is green')}. Question: what colour is the sky? Answer:"
 

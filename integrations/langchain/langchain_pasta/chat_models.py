@@ -160,7 +160,8 @@ class ChatPasta(PastaFields, BaseChatModel):
         request = self._request(messages, stop, kwargs)  # bad input fails here, before any thread starts
         pieces: list[str] = []
         finished: list[Generation] = []
-        async for text in iterate_in_thread(lambda: self._stream_request(request, finished)):
+        chunks = self._stream_request(request, finished)  # checked here, before any thread starts
+        async for text in iterate_in_thread(lambda: chunks):
             pieces.append(text)
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=text))
             if run_manager:

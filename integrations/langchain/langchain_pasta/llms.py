@@ -119,7 +119,8 @@ class PastaLLM(PastaFields, BaseLLM):
         **kwargs: Any,
     ) -> AsyncIterator[GenerationChunk]:
         request = self._request(prompt, stop, kwargs)
-        async for text in iterate_in_thread(lambda: self._stream_request(request)):
+        chunks = self._stream_request(request)  # checked here, before any thread starts
+        async for text in iterate_in_thread(lambda: chunks):
             chunk = GenerationChunk(text=text)
             if run_manager:
                 await run_manager.on_llm_new_token(text, chunk=chunk)

@@ -461,8 +461,9 @@ def test_every_steering_field_reaches_the_core(tiny_engine, monkeypatch):
     """A field, a call option or .bind: each Steering field (a new one too) arrives in the core's Steering."""
     import dataclasses
 
-    from pasta_rag import Steering
     from tiny import STEERING_SAMPLES
+
+    from pasta_rag import Steering
 
     assert set(STEERING_SAMPLES) == {f.name for f in dataclasses.fields(Steering)}
     received: list[Steering] = []
