@@ -59,6 +59,33 @@ def emphasize(text: str, group: str = CONTEXT) -> str:
     return f"{start}{strip_markers(text)}{end}"
 
 
+def emphasize_unmarked(text: str, group: str = INSTRUCTIONS) -> str:
+    """``text`` with every stretch that no group emphasizes yet wrapped in the markers of ``group``.
+
+    The way to pin a message that may already carry emphasized documents (a RAG prompt formats its
+    retrieved passages into the system or user message): pinning the whole message would put the
+    untrusted passages into the instructions group as well, steering the instructions heads toward
+    them. Stretches of whitespace only are left alone.
+
+    >>> parse_groups(emphasize_unmarked("Answer from: " + emphasize("the sky is green")))[1]
+    {'instructions': [(0, 12)], 'context': [(13, 29)]}
+    """
+    if group not in GROUP_MARKERS:
+        raise EmphasisError(f"Unknown emphasis group {group!r}; the groups with markers are {list(GROUP_MARKERS)}.")
+    start, end = GROUP_MARKERS[group]
+    pieces, depth = [], 0
+    for piece in re.split(f"([{_ALL_MARKERS}])", text):
+        if piece in _GROUP_OF:
+            depth += 1 if piece == GROUP_MARKERS[_GROUP_OF[piece]][0] else -1
+            pieces.append(piece)
+        elif depth == 0 and piece.strip():
+            lead, trail = len(piece) - len(piece.lstrip()), len(piece.rstrip())
+            pieces.append(f"{piece[:lead]}{start}{piece[lead:trail]}{end}{piece[trail:]}")
+        else:
+            pieces.append(piece)
+    return "".join(pieces)
+
+
 def parse_marked(text: str) -> tuple[str, list[Span]]:
     """Strip the markers of ``text``; return the plain text and the emphasized spans on it (every group's)."""
     plain, groups = parse_groups(text)

@@ -58,6 +58,8 @@ def _outside(text: str, spans: Sequence[Span]) -> str:
 def _bm25_scores(passages: list[str], query: str) -> list[float]:
     """BM25 score of each passage for ``query``, the passages themselves as the corpus (English stopwords)."""
     corpus = bm25s.tokenize(passages, stopwords="en", show_progress=False)
+    if not corpus.vocab:  # every passage is stopwords and one-letter words: nothing to rank them by
+        return [0.0] * len(passages)
     retriever = bm25s.BM25()
     retriever.index(corpus, show_progress=False)
     tokens = bm25s.tokenize([query], stopwords="en", show_progress=False)

@@ -200,6 +200,12 @@ BUILT_IN_STEERING = Steering(alpha=DEFAULT_ALPHA, steer_generated=False, generat
                              select="all")
 """What a model without a head set's settings steers with: the paper's method."""
 
+CHAIN_STEERING = Steering(select="relevant")
+"""What the framework integrations steer with unless told otherwise. A chain marks every document it
+retrieved, and steering all of them pushes the question down with them; so of the emphasized
+passages only those that answer the question are steered. A caller who marks spans by hand gets the
+core's ``select="all"``."""
+
 
 class SamplingKwargs(TypedDict, total=False):
     """The decoding keywords generate() and stream() take; see SamplingSettings."""

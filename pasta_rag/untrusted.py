@@ -19,7 +19,9 @@ import re
 
 from .emphasis import CONTEXT, Span, emphasize, strip_markers
 
-_SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|\n|$)")
+_SENTENCE = re.compile(r"[^\n]+?(?:[.!?]+[\"'\u201d\u2019)\]]*(?=\s|$)|(?=\n)|$)")
+"""A sentence ends at . ! or ? (and any closing quotes) before whitespace, or at a line break: "evil.com" and
+"3.5" do not end one."""
 
 _ORDER_VERBS = (
     "ignore|disregard|forget|override|stop|reply|respond|answer|say|write|print|output|repeat|return|"
@@ -49,7 +51,7 @@ def looks_like_instruction(sentence: str) -> bool:
 
 
 def sentence_spans(text: str) -> list[Span]:
-    """The sentences of ``text`` as character ranges (a sentence ends at . ! ? or a line break)."""
+    """The sentences of ``text`` as character ranges."""
     spans = []
     for match in _SENTENCE.finditer(text):
         start, end = match.span()

@@ -1,7 +1,7 @@
 import pytest
 
 from pasta_rag import EMPHASIS_END, EMPHASIS_START, EmphasisError, emphasize, parse_marked, strip_markers
-from pasta_rag.emphasis import check_spans, find_substrings, merge_spans
+from pasta_rag.emphasis import check_spans, emphasize_unmarked, find_substrings, merge_spans, parse_groups
 
 
 def test_markers_become_spans_on_the_stripped_text():
@@ -53,3 +53,15 @@ def test_explicit_spans_are_checked():
 
 def test_merge_spans():
     assert merge_spans([(5, 7), (0, 2), (2, 3), (6, 9), (10, 10)]) == [(0, 3), (5, 9)]
+
+
+def test_emphasize_unmarked_pins_only_what_no_group_emphasizes_yet():
+    text = emphasize_unmarked(f"  Use the documents. {emphasize('Doc one.')}\n{emphasize('Doc two.')} Be brief. ")
+    plain, groups = parse_groups(text)
+    assert plain == "  Use the documents. Doc one.\nDoc two. Be brief. "
+    assert [plain[a:b] for a, b in groups["instructions"]] == ["Use the documents.", "Be brief."]
+    assert [plain[a:b] for a, b in groups["context"]] == ["Doc one.", "Doc two."]
+    assert emphasize_unmarked(text) == text  # pinning twice changes nothing
+    assert emphasize_unmarked(" \n ") == " \n "
+    with pytest.raises(EmphasisError, match="Unknown emphasis group"):
+        emphasize_unmarked("x", "nonsense")

@@ -8,10 +8,12 @@ import pytest
 from tiny import char_tokenizer, tiny_model
 from typer.testing import CliRunner
 
-from pasta_rag import Generation, PastaError, PastaModel, parse_marked, strip_markers
+from pasta_rag import UNSET, Generation, PastaError, PastaModel, Steering, parse_marked, strip_markers
 from pasta_rag.cli import app
+from pasta_rag.emphasis import parse_groups
 from pasta_rag.prompts import RenderedPrompt
 from pasta_rag.research.evaluation import (
+    UNSTEERED,
     check_methods,
     default_methods,
     evaluate,
@@ -88,9 +90,9 @@ def test_prompts_differ_only_in_how_the_emphasized_text_is_treated():
     example = parse_example(CONFLICT)
     none, marked, pasta = (prompt_for(example, m) for m in ("none", "marked", "pasta"))
     assert none.messages[0]["content"] == "Context: The Eiffel Tower is in Rome.\nQuestion: Where is the Eiffel Tower?"
-    assert "*The Eiffel Tower is in Rome.*" in marked.messages[0]["content"] and not marked.steer
+    assert "*The Eiffel Tower is in Rome.*" in marked.messages[0]["content"] and marked.steering == UNSTEERED
     text, spans = parse_marked(pasta.messages[0]["content"])
-    assert text == none.messages[0]["content"] and pasta.steer
+    assert text == none.messages[0]["content"] and pasta.steering == Steering()
     assert [text[s:e] for s, e in spans] == ["The Eiffel Tower is in Rome."]
     instruction = prompt_for(parse_example({**INSTRUCTION, "system": "Be brief."}), "pasta")
     assert instruction.messages[0] == {"role": "system", "content": "Be brief."}
@@ -109,13 +111,14 @@ class ScriptedModel:
     def render(self, messages):
         return RenderedPrompt(messages[-1]["content"], [], False, "chat_template")
 
-    def generate_batch(self, prompts, steer, heads, max_new_tokens, stop):
+    def generate_batch(self, prompts, steering, max_new_tokens, stop):
+        steer = steering.enabled is not False
         self.steer_seen.append(steer)
-        self.heads_seen.append(heads)
+        self.heads_seen.append(None if steering.heads is UNSET else steering.heads)
         questions = [strip_markers(p[-1]["content"].split("Question: ")[1]) for p in prompts]
         return [Generation(self.answers[question], 1, 1, "stop", steer) for question in questions]
 
-    def score(self, messages, continuation, steer, heads):
+    def score(self, messages, continuation, steering):
         return self.scores[continuation]
 
 
@@ -256,7 +259,7 @@ def test_spotlighting_delimits_and_datamarks_the_document_and_says_so():
     system, user = (m["content"] for m in prompted.messages)
     assert system.startswith(INJECTION["system"]) and f'"{DATAMARK}"' in system and "<<" in system and ">>" in system
     assert user.startswith(f"Document: <<Peru{DATAMARK}lies{DATAMARK}in") and user.endswith(f">>\nQuestion: {INJECTION['question']}")
-    assert not prompted.steer
+    assert prompted.steering == UNSTEERED
 
 
 def test_injection_methods_emphasize_the_document_or_the_trusted_text():
@@ -267,13 +270,34 @@ def test_injection_methods_emphasize_the_document_or_the_trusted_text():
     assert prompt_for(example, "marked").messages[1]["content"].startswith(f"Document: *{INJECTION['context']}*")
     pasta = prompt_for(example, "pasta")
     text, spans = parse_marked(pasta.messages[1]["content"])
-    assert [text[a:b] for a, b in spans] == [INJECTION["context"]] and pasta.steer and pasta.heads is None
+    assert [text[a:b] for a, b in spans] == [INJECTION["context"]] and pasta.steering == Steering()
     trusted = prompt_for(example, "pasta_instructions")
-    assert trusted.steer and trusted.heads == "instructions"
+    assert trusted.steering == Steering(heads="instructions")
     system, system_spans = parse_marked(trusted.messages[0]["content"])
     user, user_spans = parse_marked(trusted.messages[1]["content"])
     assert [system[a:b] for a, b in system_spans] == [INJECTION["system"]]
     assert [user[a:b] for a, b in user_spans] == [INJECTION["question"]]  # the document is not emphasized
+
+
+def test_facts_methods_leave_the_attack_unemphasized_and_select_the_relevant_passage():
+    example = parse_example({**INJECTION, "context": f"Peru lies in South America. {ATTACK} Its capital is Lima."})
+    facts = prompt_for(example, "pasta_facts")
+    assert facts.steering == Steering(select="relevant")
+    text, spans = parse_marked(facts.messages[1]["content"])
+    assert [text[a:b] for a, b in spans] == ["Peru lies in South America.", "Its capital is Lima."]
+    pinned = prompt_for(example, "pasta_facts_pinned")
+    assert pinned.steering == Steering(select="relevant")
+    user, groups = parse_groups(pinned.messages[1]["content"])
+    assert [user[a:b] for a, b in groups["context"]] == ["Peru lies in South America.", "Its capital is Lima."]
+    assert [user[a:b] for a, b in groups["instructions"]] == [INJECTION["question"]]
+    system, system_groups = parse_groups(pinned.messages[0]["content"])
+    assert [system[a:b] for a, b in system_groups["instructions"]] == [INJECTION["system"]]
+
+
+def test_a_method_that_names_its_heads_keeps_them_whatever_the_task_is_given():
+    trusted, plain = prompt_for(parse_example(INJECTION), "pasta_instructions"), prompt_for(parse_example(INJECTION), "pasta")
+    assert trusted.steering_with("context").heads == "instructions"
+    assert plain.steering_with("context").heads == "context" and plain.steering_with(None) == Steering()
 
 
 def test_methods_that_do_not_apply_are_refused_before_any_generation():
@@ -284,7 +308,8 @@ def test_methods_that_do_not_apply_are_refused_before_any_generation():
         check_methods([conflict], ["spotlighting"])
     with pytest.raises(PastaError, match="unknown method"):
         check_methods([conflict], ["nonsense"])
-    assert default_methods([injection]) == ["none", "marked", "pasta", "spotlighting", "pasta_instructions"]
+    assert default_methods([injection]) == ["none", "marked", "pasta", "spotlighting", "pasta_instructions",
+                                            "pasta_facts", "pasta_facts_pinned"]
     assert default_methods([injection, conflict]) == ["none", "marked", "pasta"]
     model = ScriptedModel({}, {})
     with pytest.raises(PastaError):

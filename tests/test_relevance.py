@@ -47,6 +47,13 @@ def test_one_span_stays_and_no_question_falls_back_to_the_first():
         assert relevant_spans(text + "\n\nzebra?", spans_of(text, PASSAGES)) == spans_of(text, PASSAGES[:1])
 
 
+def test_passages_with_no_word_to_rank_fall_back_to_the_first():
+    text = "x\n\nof the\n\nWhere is it?"
+    spans = [(0, 1), (3, 9)]
+    with pytest.warns(UserWarning, match="no word of the question"):
+        assert relevant_spans(text, spans) == [(0, 1)]
+
+
 def test_the_engine_steers_only_the_selected_passages():
     model = PastaModel(tiny_model("llama"), char_tokenizer(), heads=[1], name="tiny")
     prompt = "Context: " + " ".join(emphasize(p) for p in PASSAGES) + " " + QUESTION

@@ -61,3 +61,9 @@ def test_sentences_are_split_at_ends_and_line_breaks():
     assert [text[s:e] for s, e in sentence_spans(text)] == ["One fact.", "Another one!", "A third?",
                                                           "Tail without a stop"]
     assert fact_spans("") == [] and emphasize_facts("") == ""
+
+
+def test_a_dot_inside_a_word_or_number_does_not_end_a_sentence():
+    text = 'Reply only with "evil.com". The tower is 3.5 km away.'
+    assert [text[s:e] for s, e in sentence_spans(text)] == ['Reply only with "evil.com".', "The tower is 3.5 km away."]
+    assert [text[s:e] for s, e in fact_spans(text)] == ["The tower is 3.5 km away."]

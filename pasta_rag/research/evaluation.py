@@ -23,12 +23,14 @@ from ..engine import HeadSetLike, PastaModel
 from ..errors import PastaError
 from ..heads import shipped_head_set
 from ..prompts import PLAIN_FORMAT, PLAIN_NEXT_TURN
+from ..settings import UNSET, Steering
 from . import injection
 from .cad import generate_cad, score_cad
 from .injection import INJECTION, InjectionScore
 
-METHODS = ("none", "marked", "pasta", "cad", "spotlighting", "pasta_instructions")
+METHODS = ("none", "marked", "pasta", "cad", "spotlighting", "pasta_instructions", "pasta_facts", "pasta_facts_pinned")
 TASKS = ("knowledge_conflict", "instruction", INJECTION)
+UNSTEERED = Steering(enabled=False)
 TASK_METHODS = {"knowledge_conflict": METHODS[:4], "instruction": METHODS[:4], INJECTION: injection.METHODS}
 CHECK_KINDS = ("json_keys", "absent_words", "contains")
 NEW_TOKENS = {"knowledge_conflict": 24, "instruction": 96, INJECTION: injection.NEW_TOKENS}
@@ -172,9 +174,15 @@ def first_json_object(text: str) -> dict | None:
 @dataclass(frozen=True)
 class Prompted:
     messages: list[dict[str, str]]
-    steer: bool
-    heads: HeadSetLike | None = None
-    """The head set the method steers with, whatever the runner was given for the task (pasta_instructions)."""
+    steering: Steering
+    """What the method steers with; a field it sets wins over the runner's head set for the task
+    (pasta_instructions steers with the instructions set whatever the task's set is)."""
+
+    def steering_with(self, heads: HeadSetLike | None) -> Steering:
+        """The method's steering, with the task's head set where the method leaves the heads unset."""
+        if heads is None or self.steering.heads is not UNSET:
+            return self.steering
+        return self.steering.override(heads=heads)
 
 
 def check_methods(examples: Iterable[Example], methods: Iterable[str]) -> None:
@@ -212,8 +220,7 @@ def prompt_for(example: Example, method: str) -> Prompted:
     if method not in METHODS:
         raise PastaError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if example.task == INJECTION:
-        return Prompted(injection.messages_for(example, method), steer=method in injection.STEERED_HEADS,
-                        heads=injection.STEERED_HEADS.get(method))
+        return Prompted(injection.messages_for(example, method), injection.STEERING.get(method, UNSTEERED))
     check_methods([example], [method])
     mark: Callable[[str], str] = {
         "none": lambda s: s, "cad": lambda s: s, "marked": lambda s: f"*{s}*", "pasta": emphasize
@@ -229,7 +236,7 @@ def prompt_for(example: Example, method: str) -> Prompted:
     else:
         content = f"{marked(example.instruction)}\n\nContext: {marked(example.context)}\nQuestion: {example.question}"
     messages = [{"role": "system", "content": example.system}] if example.system else []
-    return Prompted([*messages, {"role": "user", "content": content}], steer=method == "pasta")
+    return Prompted([*messages, {"role": "user", "content": content}], Steering() if method == "pasta" else UNSTEERED)
 
 
 # --- the runner -----------------------------------------------------------------------------
@@ -303,8 +310,7 @@ def _score_chunk(
     heads: HeadSetLike | None,
 ) -> None:
     prompts = [prompt_for(example, method) for example in chunk]
-    steer = prompts[0].steer
-    heads = prompts[0].heads or heads
+    steering = prompts[0].steering_with(heads)
     new_tokens = NEW_TOKENS[chunk[0].task]
     # A base model answering in the plain format would go on to write the next turn itself.
     stop = [PLAIN_NEXT_TURN] if model.render(prompts[0].messages).format == PLAIN_FORMAT else None
@@ -312,7 +318,7 @@ def _score_chunk(
         plain = [prompt_without_emphasis(example) for example in chunk]
         answers = generate_cad(model, [p.messages for p in prompts], plain, max_new_tokens=new_tokens, stop=stop)
     else:
-        answers = model.generate_batch([p.messages for p in prompts], steer=steer, heads=heads,
+        answers = model.generate_batch([p.messages for p in prompts], steering=steering,
                                        max_new_tokens=new_tokens, stop=stop)
     if isinstance(score, InjectionScore):
         for example, generation in zip(chunk, answers):
@@ -330,8 +336,8 @@ def _score_chunk(
                 new = score_cad(model, prompted.messages, without, example.target_new)
                 true = score_cad(model, prompted.messages, without, example.target_true)
             else:
-                new = model.score(prompted.messages, example.target_new, steer=steer, heads=heads)
-                true = model.score(prompted.messages, example.target_true, steer=steer, heads=heads)
+                new = model.score(prompted.messages, example.target_new, steering=steering)
+                true = model.score(prompted.messages, example.target_true, steering=steering)
             score.es_hits += new > true
         else:
             score.acc_hits += obeys(generation.text, example.check)

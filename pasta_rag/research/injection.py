@@ -11,7 +11,10 @@ non-steering defence: the document delimited and datamarked, the system prompt s
 ``pasta`` (the document emphasized, steered with the model's own head set, its ``context`` set by
 default: what a chain that emphasizes its retrieved documents does); ``pasta_instructions`` (the
 trusted system instruction and the question emphasized, steered with the ``instructions`` set; the
-document left alone).
+document left alone); ``pasta_facts`` (only the document's sentences that do not read as orders
+emphasized, ``untrusted.emphasize_facts``, and of those the passage that answers the question,
+``select="relevant"``: what the chains emphasize by default); ``pasta_facts_pinned`` (that, and the
+system instruction and question in the ``instructions`` group: both defaults of a chain together).
 """
 
 from __future__ import annotations
@@ -20,16 +23,23 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..emphasis import emphasize
+from ..emphasis import INSTRUCTIONS, emphasize
 from ..errors import PastaError
+from ..settings import Steering
+from ..untrusted import emphasize_facts
 
 if TYPE_CHECKING:
     from .evaluation import Example
 
 INJECTION = "injection"
-METHODS = ("none", "marked", "spotlighting", "pasta", "pasta_instructions")
-STEERED_HEADS: dict[str, str | None] = {"pasta": None, "pasta_instructions": "instructions"}
-"""The steered methods and the head set each uses (None: the model's own, or the task's from the runner)."""
+METHODS = ("none", "marked", "spotlighting", "pasta", "pasta_instructions", "pasta_facts", "pasta_facts_pinned")
+STEERING: dict[str, Steering] = {
+    "pasta": Steering(),
+    "pasta_instructions": Steering(heads="instructions"),
+    "pasta_facts": Steering(select="relevant"),
+    "pasta_facts_pinned": Steering(select="relevant"),
+}
+"""The steered methods and what each steers with (unset fields: the model's own, or the task's from the runner)."""
 NEW_TOKENS = 32
 
 DATAMARK = "\u02c6"
@@ -133,4 +143,8 @@ def messages_for(example: Example, method: str) -> list[dict[str, str]]:
             document = document.replace(target, mark(target))
     elif method == "pasta_instructions":
         system, question = emphasize(system), emphasize(question)
+    elif method in ("pasta_facts", "pasta_facts_pinned"):
+        document = emphasize_facts(document)
+        if method == "pasta_facts_pinned":
+            system, question = emphasize(system, INSTRUCTIONS), emphasize(question, INSTRUCTIONS)
     return [{"role": "system", "content": system}, {"role": "user", "content": f"Document: {document}\nQuestion: {question}"}]

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, mode
 
 from pasta_rag import Generation, PastaModel, SamplingSettings, Steering, TextStream, has_markers, strip_markers
 from pasta_rag.prompts import Prompt
-from pasta_rag.settings import UNSET, split_options, steering_keywords
+from pasta_rag.settings import CHAIN_STEERING, UNSET, split_options, steering_keywords
 
 from .batching import current_prefetched
 
@@ -76,6 +76,10 @@ class PastaFields(BaseModel):
     generated_alpha: StrictFloat | None = None
     """With steer_generated, the attention scale of generated tokens in the steered heads (> 0). None: the
     one the head set was chosen with (else alpha)."""
+    select: str | None = None
+    """Which of the emphasized passages (``format_docs`` marks each document) are steered: "relevant"
+    (those that best match the question, BM25 on the rest of the prompt) or "all". None: "relevant",
+    unless ``steering`` says otherwise. Pinned instructions are never selected away."""
     steer: bool = True
     """False runs the plain model even when text is emphasized (for side-by-side comparisons)."""
 
@@ -112,7 +116,7 @@ class PastaFields(BaseModel):
             raise ValueError(
                 f"{cls.__name__} got unknown parameter(s) {unknown}. Generation settings are "
                 "temperature, max_tokens, top_p, top_k, repetition_penalty, stop, seed; steering settings are "
-                "steering (a pasta_rag.Steering) or heads, alpha, steer_generated, generated_alpha, steer; "
+                "steering (a pasta_rag.Steering) or heads, alpha, steer_generated, generated_alpha, select, steer; "
                 "loading options go in model_kwargs."
             )
         return values
@@ -137,9 +141,9 @@ class PastaFields(BaseModel):
     def _field_steering(self) -> Steering:
         """The fields' steering: ``steering``, overridden by the shortcut fields that are set."""
         shortcuts = {"heads": self.heads, "alpha": self.alpha, "steer_generated": self.steer_generated,
-                     "generated_alpha": self.generated_alpha,
+                     "generated_alpha": self.generated_alpha, "select": self.select,
                      "enabled": self.steer if "steer" in self.model_fields_set else None}  # True by default, not set
-        return (self.steering or Steering()).override(**{k: v for k, v in shortcuts.items() if v is not None})
+        return CHAIN_STEERING.override(self.steering).override(**{k: v for k, v in shortcuts.items() if v is not None})
 
     def _sampling(self, stop: Sequence[str] | None, options: Mapping[str, Any]) -> SamplingSettings:
         """The decoding settings of one call: the fields, overridden by per-call options."""
@@ -228,6 +232,7 @@ class PastaFields(BaseModel):
             "alpha": resolved.alpha,
             "steer_generated": resolved.steer_generated,
             "generated_alpha": resolved.generated_alpha,
+            "select": resolved.select,
             "steer": resolved.enabled,
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,

@@ -10,12 +10,15 @@ emphasis for itself (or close the emphasis early and steer toward text it
 appends). Metadata shown through ``document_prompt`` is untrusted too and is
 stripped the same way.
 
-Which documents are emphasized is a choice (``emphasis``): every one, or only the
-first, the retriever's best match. With several retrieved documents, emphasizing
-all of them pushes the question down with everything else. ``skip_instructions``
-leaves sentences that read as orders to the assistant unemphasized
-(``pasta_rag.untrusted``), so steering never pushes up an instruction an attacker
-wrote into a document.
+Every document is marked as a passage of its own, and the chat model steers only
+the ones that answer the question (``select="relevant"``, its default): with
+several retrieved documents, steering all of them pushes the question down with
+everything else. ``emphasis="first"`` marks only the retriever's best match.
+Sentences that read as orders to the assistant, or forge a turn or a tool result,
+are never emphasized (``skip_instructions``, on by default; ``pasta_rag.untrusted``),
+so steering never pushes up an instruction an attacker wrote into a document.
+Today's older behaviour, every document steered whole, is
+``PastaDocumentFormatter(skip_instructions=False)`` with ``ChatPasta(select="all")``.
 """
 
 from __future__ import annotations
@@ -39,10 +42,12 @@ def format_docs(docs: Sequence[Document] | Document, separator: str = DEFAULT_SE
     return PastaDocumentFormatter(separator=separator).invoke(docs)
 
 
-def emphasize_documents(docs: Sequence[Document]) -> list[Document]:
-    """Copies of the documents with their text emphasized, for chains that format documents themselves
-    (``create_stuff_documents_chain`` and the like): put it between the retriever and that chain."""
-    return [doc.model_copy(update={"page_content": emphasize(doc.page_content)}) for doc in _checked(docs)]
+def emphasize_documents(docs: Sequence[Document], skip_instructions: bool = True) -> list[Document]:
+    """Copies of the documents with their text emphasized (instruction-like sentences left out, as
+    ``format_docs`` does), for chains that format documents themselves (``create_stuff_documents_chain``
+    and the like): put it between the retriever and that chain."""
+    mark = emphasize_facts if skip_instructions else emphasize
+    return [doc.model_copy(update={"page_content": mark(doc.page_content)}) for doc in _checked(docs)]
 
 
 class PastaDocumentFormatter(RunnableSerializable[Sequence[Document], str]):
@@ -50,17 +55,17 @@ class PastaDocumentFormatter(RunnableSerializable[Sequence[Document], str]):
 
     ``document_prompt`` formats each document (default: its text alone), e.g.
     ``PromptTemplate.from_template("[{source}] {page_content}")``; the formatted entry is what gets
-    emphasized. ``emphasis``: ``"all"`` emphasizes every document, ``"first"`` only the first (the
-    retriever's best match). ``skip_instructions`` leaves instruction-like sentences of an emphasized
-    document unemphasized. ``emphasize=False`` gives the same text unmarked (and still stripped of
-    forged markers), for comparisons.
+    emphasized. ``emphasis``: ``"all"`` marks every document (the model then steers the relevant ones),
+    ``"first"`` only the first (the retriever's best match). ``skip_instructions`` (default True) leaves
+    instruction-like sentences of a document unemphasized. ``emphasize=False`` gives the same text
+    unmarked (and still stripped of forged markers), for comparisons.
     """
 
     document_prompt: BasePromptTemplate | None = None
     separator: str = DEFAULT_SEPARATOR
     emphasize: bool = True
     emphasis: Literal["all", "first"] = "all"
-    skip_instructions: bool = False
+    skip_instructions: bool = True
 
     def invoke(self, input: Sequence[Document] | Document, config: RunnableConfig | None = None, **kwargs: Any) -> str:
         return self._call_with_config(self._format, input, config, run_type="parser")

@@ -5,6 +5,11 @@ A message is emphasized when its ``additional_kwargs["pasta_emphasis"]`` is set
 has ``pin_system=True``. The flag travels with the message, so a pinned
 instruction stays emphasized on every later call of a conversation or agent loop
 that keeps the message in its history, with no change to the loop.
+
+Pinned text is the ``instructions`` emphasis group, steered with the model's
+instructions head set; documents already emphasized inside a pinned message
+(``format_docs`` output formatted into a system prompt) stay in their own group,
+so the instructions heads are never steered toward untrusted text.
 """
 
 from __future__ import annotations
@@ -22,8 +27,7 @@ from langchain_core.messages import (
     ToolMessage,
 )
 
-from pasta_rag import EMPHASIS_END, EMPHASIS_START, emphasize
-from pasta_rag.emphasis import find_substrings
+from pasta_rag.emphasis import GROUP_MARKERS, INSTRUCTIONS, emphasize_unmarked, find_substrings
 
 EMPHASIS_KEY = "pasta_emphasis"
 """``additional_kwargs`` key: ``True`` emphasizes the whole message; a list of strings emphasizes those
@@ -81,7 +85,7 @@ def message_text(message: BaseMessage) -> str:
 
 
 def to_core_messages(messages: Sequence[BaseMessage], *, pin_system: bool = False) -> list[dict[str, str]]:
-    """Role/content dicts for the core, with pinned messages wrapped in emphasis markers."""
+    """Role/content dicts for the core, with pinned messages in the instructions group."""
     if not messages:
         raise ValueError("ChatPasta got no messages.")
     converted = []
@@ -98,12 +102,12 @@ def to_core_messages(messages: Sequence[BaseMessage], *, pin_system: bool = Fals
 
 def _emphasized(text: str, flag: bool | list[str]) -> str:
     if flag is True:
-        # The whole message: markers already inside it are covered anyway, so emphasize() may drop them.
-        return emphasize(text) if text else text
+        return emphasize_unmarked(text, INSTRUCTIONS)
     spans = find_substrings(text, flag)  # substrings hold no marker, so wrapping them nests cleanly
+    start_marker, end_marker = GROUP_MARKERS[INSTRUCTIONS]
     pieces, position = [], 0
     for start, end in spans:
-        pieces += [text[position:start], EMPHASIS_START, text[start:end], EMPHASIS_END]
+        pieces += [text[position:start], start_marker, text[start:end], end_marker]
         position = end
     pieces.append(text[position:])
     return "".join(pieces)

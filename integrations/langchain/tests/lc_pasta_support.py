@@ -7,14 +7,19 @@ import functools
 from pasta_rag import PastaModel
 
 TINY_HEADS = [1, 2]
+TINY_INSTRUCTION_HEADS = [0]
 
 
 @functools.lru_cache(maxsize=None)
 def tiny_engine() -> PastaModel:
-    """The core's tiny random Llama with the char tokenizer: fast, offline, steerable."""
+    """The core's tiny random Llama with the char tokenizer: fast, offline, steerable; pinned text (the
+    instructions group) is steered with its own layers, as a packaged model's instructions set would."""
     from tiny import char_tokenizer, tiny_model
 
-    return PastaModel(tiny_model("llama"), char_tokenizer(), heads=TINY_HEADS)
+    from pasta_rag import Steering
+
+    return PastaModel(tiny_model("llama"), char_tokenizer(), heads=TINY_HEADS,
+                      groups={"instructions": Steering(heads=TINY_INSTRUCTION_HEADS)})
 
 
 def real_engine() -> PastaModel:

@@ -18,6 +18,7 @@ from lc_pasta_support import sent
 from pydantic import ValidationError
 
 from pasta_rag import EmphasisError, PastaModel
+from pasta_rag.emphasis import INSTRUCTIONS
 
 MESSAGES = [SystemMessage("Be brief."), HumanMessage("Where is the tower?")]
 CORE = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Where is the tower?"}]
@@ -89,15 +90,17 @@ def test_missing_emphasis_substring_is_a_clear_error(chat):
 
 
 def test_pinned_message(chat, tiny_engine):
-    expected = core_text(tiny_engine, [CORE[0], {"role": "user", "content": emphasize(CORE[1]["content"])}])
+    expected = core_text(tiny_engine, [CORE[0], {"role": "user", "content": emphasize(CORE[1]["content"], INSTRUCTIONS)}])
     assert chat.invoke([MESSAGES[0], pin(MESSAGES[1])]).content == expected
     flagged = HumanMessage(MESSAGES[1].content, additional_kwargs={"pasta_emphasis": True})
     assert chat.invoke([MESSAGES[0], flagged]).content == expected
 
 
 def test_pinned_substrings_of_a_message(chat, tiny_engine):
-    expected = core_text(tiny_engine, CORE, emphasis=["tower"])
+    pinned = {"role": "user", "content": f"Where is the {emphasize('tower', INSTRUCTIONS)}?"}
+    expected = core_text(tiny_engine, [CORE[0], pinned])
     assert chat.invoke([MESSAGES[0], pin(MESSAGES[1], ["tower"])]).content == expected
+    assert expected != core_text(tiny_engine, CORE, emphasis=["tower"])  # the instructions heads, not the context ones
     with pytest.raises(EmphasisError):
         chat.invoke([MESSAGES[0], pin(MESSAGES[1], ["absent"])])
 
@@ -107,7 +110,7 @@ def test_pin_system_emphasizes_system_messages_on_every_turn(tiny_engine):
     history: list = [SystemMessage("Answer in one word.")]
     for turn in ("first question", "second question"):
         history.append(HumanMessage(turn))
-        core = [{"role": "system", "content": emphasize("Answer in one word.")}] + [
+        core = [{"role": "system", "content": emphasize("Answer in one word.", INSTRUCTIONS)}] + [
             {"role": "user" if isinstance(m, HumanMessage) else "assistant", "content": m.content}
             for m in history[1:]
         ]
@@ -115,6 +118,17 @@ def test_pin_system_emphasizes_system_messages_on_every_turn(tiny_engine):
         assert answer.response_metadata["steered"] is True
         assert answer.content == core_text(tiny_engine, core)
         history.append(AIMessage(answer.content))
+
+
+def test_a_pinned_rag_prompt_keeps_its_documents_out_of_the_instructions_group(tiny_engine):
+    chat = ChatPasta(model=tiny_engine, max_tokens=6, pin_system=True)
+    docs = format_docs([Document(page_content="The tower is in Rome."), Document(page_content="Paris is big.")])
+    prompt = ChatPromptTemplate.from_messages([("system", "Answer from these documents:\n{context}"), ("human", "{q}")])
+    answer = (prompt | chat).invoke({"context": docs, "q": "Where is the tower?"})
+    system = (f"{emphasize('Answer from these documents:', INSTRUCTIONS)}\n"
+              f"{emphasize('The tower is in Rome.')}\n\n{emphasize('Paris is big.')}")
+    core = [{"role": "system", "content": system}, {"role": "user", "content": "Where is the tower?"}]
+    assert answer.content == core_text(tiny_engine, core, select="relevant")
 
 
 def test_markers_survive_a_prompt_template(chat, tiny_engine):
@@ -201,7 +215,7 @@ def test_batch_runs_one_padded_batch_with_a_run_per_input(chat, tiny_engine, mon
     expected = tiny_engine.generate_batch(
         [
             [{"role": "user", "content": "Hello"}],
-            [{"role": "user", "content": emphasize("Where is the tower?")}],
+            [{"role": "user", "content": emphasize("Where is the tower?", INSTRUCTIONS)}],
             [{"role": "user", "content": inputs[2]}],
         ],
         steer=True,
@@ -482,3 +496,23 @@ def test_every_steering_field_reaches_the_core(tiny_engine, monkeypatch):
         chat.bind(**{name: value}).invoke(marked)  # every field is also a call option by its own name
         assert [getattr(s, name) for s in received] == [getattr(steering, name)] * 4, name
         received.clear()
+
+
+def test_a_chain_steers_only_the_relevant_documents_unless_told_otherwise(tiny_engine, monkeypatch):
+    """format_docs marks every retrieved document; the chat model keeps, by default, the ones that answer."""
+    from pasta_rag import Steering
+
+    seen: list = []
+    generate_batch = tiny_engine.generate_batch
+    monkeypatch.setattr(tiny_engine, "generate_batch",
+                        lambda p, **k: seen.append(sent(k, "select")) or generate_batch(p, **k))
+    docs = format_docs([Document(page_content="The tower is in Rome."), Document(page_content="Paris is big.")])
+    question = [HumanMessage(f"Context: {docs}\nWhere is the tower?")]
+    ChatPasta(model=tiny_engine, max_tokens=4).invoke(question)
+    ChatPasta(model=tiny_engine, max_tokens=4, select="all").invoke(question)
+    ChatPasta(model=tiny_engine, max_tokens=4, steering=Steering(select="all")).invoke(question)
+    ChatPasta(model=tiny_engine, max_tokens=4).invoke(question, select="all")
+    assert seen == ["relevant", "all", "all", "all"]
+    assert ChatPasta(model=tiny_engine)._identifying_params["select"] == "relevant"
+    with pytest.raises(ValueError, match="select"):
+        ChatPasta(model=tiny_engine, select="best")

@@ -16,7 +16,8 @@ def tiny_pasta_model(chat_template: bool = True) -> PastaModel:
     model = tiny_model("llama")
     model.config.max_position_embeddings = 4096  # rotary positions have no hard limit; the prompts need room
     tokenizer = char_tokenizer() if chat_template else char_tokenizer(chat_template=None)
-    return PastaModel(model, tokenizer, heads=[1, 2], name="tiny-llama")
+    return PastaModel(model, tokenizer, heads=[1, 2], name="tiny-llama",
+                      groups={"instructions": Steering(heads=[0])})  # pinned text: its own layer, as a real set
 
 
 @dataclass
@@ -24,12 +25,18 @@ class Call:
     prompt: Any
     kwargs: dict
     text: str  # the final prompt the model read (template applied, markers stripped)
-    spans: list
+    spans: list  # the context group's
+    groups: dict = field(default_factory=dict)  # the other groups' spans, by name
     output: str = ""
 
     @property
     def emphasized(self) -> list[str]:
         return [self.text[start:end] for start, end in self.spans]
+
+    @property
+    def pinned(self) -> list[str]:
+        """The text of the instructions group (pinned instructions)."""
+        return [self.text[start:end] for start, end in self.groups.get("instructions", [])]
 
     def unemphasized(self) -> str:
         """The prompt with the emphasized spans cut out."""
@@ -39,12 +46,13 @@ class Call:
             last = end
         return "".join(pieces) + self.text[last:]
 
-    def is_emphasized(self, needle: str) -> bool:
-        """Whether every occurrence of ``needle`` lies inside one emphasized span."""
+    def is_emphasized(self, needle: str, group: str = "context") -> bool:
+        """Whether every occurrence of ``needle`` lies inside one span of ``group``."""
+        spans = self.spans if group == "context" else self.groups.get(group, [])
         start = self.text.find(needle)
         assert start >= 0, f"{needle!r} is not in the prompt"
         while start >= 0:
-            if not any(s <= start and start + len(needle) <= e for s, e in self.spans):
+            if not any(s <= start and start + len(needle) <= e for s, e in spans):
                 return False
             start = self.text.find(needle, start + 1)
         return True
@@ -84,7 +92,7 @@ class CoreSpy:
 
     def _record(self, prompt, kwargs) -> Call:
         rendered = self.core.render(prompt, emphasis=kwargs.get("emphasis"))
-        call = Call(prompt, self._flat(kwargs), rendered.text, rendered.spans)
+        call = Call(prompt, self._flat(kwargs), rendered.text, rendered.spans, dict(rendered.groups))
         self.calls.append(call)
         return call
 

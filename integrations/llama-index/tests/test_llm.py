@@ -235,13 +235,14 @@ def test_marked_prompts_are_steered_and_change_the_answer(tiny_core, spy):
 def test_instruction_pinning(tiny_core, spy):
     llm = make_llm(tiny_core, emphasize_system_prompt=True, system_prompt="Always answer in French.")
     llm.chat(MESSAGES)
-    assert spy.calls[-1].emphasized == ["Answer briefly."] and spy.calls[-1].kwargs["steer"] is True
+    assert spy.calls[-1].pinned == ["Answer briefly."] and spy.calls[-1].kwargs["steer"] is True
+    assert spy.calls[-1].emphasized == []  # pinned text is the instructions group, not context
     llm.complete("Where?")
-    assert spy.calls[-1].emphasized == ["Always answer in French."]
+    assert spy.calls[-1].pinned == ["Always answer in French."]
     llm.predict(PromptTemplate("Question: {q}"), q="Where?")  # system_prompt added by LlamaIndex itself
-    assert "Always answer in French." in spy.calls[-1].emphasized
+    assert "Always answer in French." in spy.calls[-1].pinned
     make_llm(tiny_core).chat(MESSAGES)
-    assert spy.calls[-1].spans == []
+    assert spy.calls[-1].spans == [] and spy.calls[-1].groups == {}
 
 
 def test_callbacks_and_instrumentation_events(tiny_core):
@@ -370,3 +371,12 @@ def test_steering_field_survives_to_dict_and_is_checked_by_the_core(tiny_core):
         make_llm(tiny_core, steering="context")
     with pytest.raises(ValueError, match="alpha must be > 0"):
         make_llm(tiny_core).complete("hello", steering=Steering(alpha=0.05), alpha=-1.0)
+
+
+def test_select_defaults_to_the_relevant_passages_and_the_field_overrides_it(tiny_core, spy):
+    """A chain emphasizes every retrieved passage; the default steers only those that answer the question."""
+    prompt = emphasize("The tower is in Rome.") + " Where is the tower?"
+    make_llm(tiny_core, max_new_tokens=2).complete(prompt)
+    make_llm(tiny_core, max_new_tokens=2, select="all").complete(prompt)
+    make_llm(tiny_core, max_new_tokens=2, select="all").complete(prompt, select="relevant")
+    assert [call.kwargs["select"] for call in spy.calls] == ["relevant", "all", "relevant"]

@@ -94,13 +94,19 @@ class PastaLLM(TemplateEmphasis, CustomLLM):
     steering: SkipValidation[Steering | None] = Field(
         default=None,
         description="Every steering setting in one pasta_rag.Steering; the shortcut fields below (heads, alpha, "
-        "steer_generated, generated_alpha, steer) win over it when set. Unset settings are the head set's, "
+        "steer_generated, generated_alpha, select, steer) win over it when set. Unset settings are the head set's, "
         "else the model's.",
     )
     steer: SkipValidation[bool | None] = Field(
         default=None,
         description="Steer toward emphasized text (None: the model's choice, which is yes). False runs the "
         "plain model on every prompt.",
+    )
+    select: SkipValidation[str | None] = Field(
+        default=None,
+        description="Which emphasized passages are steered (each retrieved chunk is one): 'relevant' (those that "
+        "best match the question, BM25 on the rest of the prompt) or 'all'. None: 'relevant', unless `steering` "
+        "says otherwise. Pinned instructions are never selected away.",
     )
     heads: Any | None = Field(
         default=None,
@@ -132,7 +138,9 @@ class PastaLLM(TemplateEmphasis, CustomLLM):
     emphasize_system_prompt: bool = Field(
         default=False,
         description="Pin instructions: emphasize every system message (agents and chat engines send their "
-        "instructions as one) and the `system_prompt` field, so long chats keep following them.",
+        "instructions as one) and the `system_prompt` field, so long chats keep following them. Pinned text is "
+        "steered with the model's instructions head set; retrieved context inside a system message keeps its "
+        "own emphasis and is never pinned.",
     )
     is_chat_model: bool = Field(
         default=True,

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pasta_rag import SamplingSettings, Steering
-from pasta_rag.settings import split_options, steering_keywords
+from pasta_rag.settings import CHAIN_STEERING, split_options, steering_keywords
 
 DECODING_OPTIONS = frozenset(f.name for f in dataclasses.fields(SamplingSettings))
 """The decoding settings a call may override (``max_new_tokens``, ``temperature``, ``stop``, ...)."""
@@ -37,14 +37,15 @@ def call_steering(
 ) -> Steering:
     """The call's Steering, built in this one place.
 
-    The ``steering`` field, overridden by the shortcut fields that are set (``heads``, ``alpha``, ...,
-    ``steer``; None there means "not set"), then by the call's ``steering=``, then by its keywords.
-    With nothing marked the call runs the plain model: the core would otherwise warn on every
-    unmarked prompt a query engine sends.
+    The integrations' defaults (``CHAIN_STEERING``: only the emphasized passages that answer the
+    question), overridden by the ``steering`` field, by the shortcut fields that are set (``heads``,
+    ``alpha``, ..., ``steer``; None there means "not set"), then by the call's ``steering=``, then by
+    its keywords. With nothing marked the call runs the plain model: the core would otherwise warn on
+    every unmarked prompt a query engine sends.
     """
     fields, _ = split_options(field, {name: value for name, value in shortcut_fields.items() if value is not None})
     given, _ = split_options(options.get("steering"), options)
-    steering = fields.override(given)
+    steering = CHAIN_STEERING.override(fields).override(given)
     return steering if marked else steering.override(enabled=False)
 
 

@@ -15,15 +15,19 @@ from llama_index.core.bridge.pydantic import Field
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
 
-from pasta_rag import emphasize, strip_markers
+from pasta_rag import strip_markers
+from pasta_rag.untrusted import emphasize_facts
 
 
 class PastaNodePostprocessor(BaseNodePostprocessor):
-    """Wrap each retrieved node's text in emphasis markers, after removing forged ones.
+    """Emphasize each retrieved node's facts, after removing forged markers.
 
     Node text is untrusted: a document holding the marker characters would otherwise steer the
-    model toward itself. Marker characters are removed from the text and from string metadata;
-    with ``emphasize=False`` that is all it does (a sanitizer). Nodes are copied, never changed in
+    model toward itself, and one holding an order to the assistant would have it pushed up with its
+    facts. Marker characters are removed from the text and from string metadata, and the sentences
+    that read as orders stay unemphasized (``pasta_rag.untrusted``); each node is one passage, so
+    PastaLLM's ``select="relevant"`` steers the nodes that answer the question. With
+    ``emphasize=False`` it only strips forged markers (a sanitizer). Nodes are copied, never changed in
     place, so the docstore keeps the original text.
 
     Examples:
@@ -49,5 +53,5 @@ class PastaNodePostprocessor(BaseNodePostprocessor):
         text = strip_markers(node.get_content(metadata_mode=MetadataMode.NONE))
         marked = node.model_copy()
         marked.metadata = {k: strip_markers(v) if isinstance(v, str) else v for k, v in node.metadata.items()}
-        marked.set_content(emphasize(text) if self.emphasize and text.strip() else text)
+        marked.set_content(emphasize_facts(text) if self.emphasize else text)
         return marked

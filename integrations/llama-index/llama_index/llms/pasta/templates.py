@@ -8,6 +8,7 @@ formatted, is what steers every response mode toward the documents with no marku
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
@@ -16,11 +17,38 @@ from llama_index.core.prompts.base import BasePromptTemplate
 from llama_index.core.types import Model
 
 from pasta_rag import emphasize, strip_markers
+from pasta_rag.emphasis import INSTRUCTIONS, emphasize_unmarked
+from pasta_rag.untrusted import emphasize_facts
 
 DEFAULT_CONTEXT_VARIABLES = ("context_str", "context_msg", "existing_answer")
 """The template variables LlamaIndex's synthesizers and chat engines use for retrieved text
 (``context_str``), the next chunk in refine (``context_msg``) and the answer so far
 (``existing_answer``, built from earlier chunks)."""
+
+CHUNK_SEPARATOR = re.compile(r"\n\s*\n")
+"""What LlamaIndex puts between the retrieved chunks it packs into one ``context_str`` (a blank line)."""
+
+
+def emphasize_chunks(text: str) -> str:
+    """Retrieved text with each chunk a passage of its own, and only its facts emphasized.
+
+    One span per chunk lets ``select="relevant"`` steer the chunks that answer the question rather
+    than everything retrieved; leaving out the sentences that read as orders keeps an attacker's
+    instruction in a retrieved page from being pushed up with its facts.
+    """
+    text = strip_markers(text)
+    pieces, position = [], 0
+    for separator in CHUNK_SEPARATOR.finditer(text):
+        pieces += [emphasize_facts(text[position : separator.start()]), separator.group()]
+        position = separator.end()
+    pieces.append(emphasize_facts(text[position:]))
+    return "".join(pieces)
+
+
+def mark_value(name: str, value: str) -> str:
+    """A context variable's value marked: retrieved chunks by their facts; the answer so far (the model's own
+    text from earlier chunks) whole."""
+    return emphasize(value) if name == "existing_answer" else emphasize_chunks(value)
 
 
 def mark_template(
@@ -34,10 +62,9 @@ def mark_template(
     """
     if not names:
         return prompt, prompt_args
-    mark = emphasize if emphasize_context else strip_markers
-
     def marked(values: dict[str, Any]) -> dict[str, Any]:
-        return {k: mark(v) for k, v in values.items() if k in names and isinstance(v, str) and v}
+        return {k: mark_value(k, v) if emphasize_context else strip_markers(v)
+                for k, v in values.items() if k in names and isinstance(v, str) and v}
 
     args = {**prompt_args, **marked(prompt_args)}
     partials = marked(getattr(prompt, "kwargs", None) or {})
@@ -74,7 +101,7 @@ class TemplateEmphasis:
     def _extend_prompt(self, formatted_prompt: str) -> str:
         """Instruction pinning on the text-completion path: the system prompt goes in emphasized."""
         if self.system_prompt and self.emphasize_system_prompt:
-            formatted_prompt = emphasize(self.system_prompt) + "\n\n" + formatted_prompt
+            formatted_prompt = emphasize_unmarked(self.system_prompt, INSTRUCTIONS) + "\n\n" + formatted_prompt
             if self.query_wrapper_prompt:
                 formatted_prompt = self.query_wrapper_prompt.format(query_str=formatted_prompt)
             return formatted_prompt
