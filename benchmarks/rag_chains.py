@@ -27,20 +27,19 @@ from langchain_core.vectorstores import InMemoryVectorStore
 from langchain_huggingface import HuggingFaceEmbeddings
 from langchain_pasta import ChatPasta, PastaDocumentFormatter
 
-from pasta_rag import Steering, relevance
+from pasta_rag import relevance
 from pasta_rag.research.bench import machine
 from pasta_rag.research.evaluation import Example, follows_context, loops, read_examples
 
 PROMPT = ChatPromptTemplate.from_messages(
     [("system", "Answer the question using the context."), ("human", "Context:\n{context}\n\nQuestion: {question}")]
 )
-VARIANTS = {
+VARIANTS = {  # what shipped before issue 15 is "all"; what ships now is "default" (ChatPasta's and format_docs' defaults)
     "unsteered": {"chat": {"steer": False}, "formatter": {}},
-    "all": {"chat": {}, "formatter": {"emphasis": "all"}},
-    "first": {"chat": {}, "formatter": {"emphasis": "first"}},
-    "relevant": {"chat": {"steering": Steering(select="relevant")}, "formatter": {"emphasis": "all"}},
-    "relevant_facts": {"chat": {"steering": Steering(select="relevant")},
-                       "formatter": {"emphasis": "all", "skip_instructions": True}},
+    "all": {"chat": {"select": "all"}, "formatter": {"emphasis": "all", "skip_instructions": False}},
+    "first": {"chat": {"select": "all"}, "formatter": {"emphasis": "first", "skip_instructions": False}},
+    "relevant": {"chat": {"select": "relevant"}, "formatter": {"emphasis": "all", "skip_instructions": False}},
+    "default": {"chat": {}, "formatter": {}},
 }
 SETTINGS = ("conflict", "demoted", "control")
 

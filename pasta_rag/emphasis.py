@@ -30,12 +30,19 @@ GROUP_MARKERS: dict[str, tuple[str, str]] = {
 passages) with the model's context set, ``instructions`` (the chain's own instruction, the user's question)
 with its instructions set, so trusted text and documents are pushed up by different heads."""
 
+UNTRUSTED_MARKERS = ("\ue004", "\ue005")
+"""The marker pair around text nobody vouches for (a retrieved document, a tool result). It steers nothing: it
+only keeps the text out of pinning (``emphasize_unmarked``), so that pinning a message that carries a document
+never pins the document's unemphasized sentences (an attacker's order among them) as instructions."""
+
 Span = tuple[int, int]
 """A half-open character range ``[start, end)``."""
 
-_ALL_MARKERS = "".join(start + end for start, end in GROUP_MARKERS.values())
+_EMPHASIS_MARKERS = "".join(start + end for start, end in GROUP_MARKERS.values())
+_ALL_MARKERS = _EMPHASIS_MARKERS + "".join(UNTRUSTED_MARKERS)
 _MARKERS = re.compile(f"[{_ALL_MARKERS}]")
 _GROUP_OF = {marker: group for group, pair in GROUP_MARKERS.items() for marker in pair}
+_OPENERS = {start for start, _ in GROUP_MARKERS.values()} | {UNTRUSTED_MARKERS[0]}
 
 
 def strip_markers(text: str) -> str:
@@ -44,7 +51,14 @@ def strip_markers(text: str) -> str:
 
 
 def has_markers(text: str) -> bool:
-    return _MARKERS.search(text) is not None
+    """Does ``text`` emphasize anything (the untrusted markers steer nothing, so they do not count)?"""
+    return re.search(f"[{_EMPHASIS_MARKERS}]", text) is not None
+
+
+def mark_untrusted(text: str) -> str:
+    """``text`` (already emphasized as it should be) inside the untrusted markers: never pinned."""
+    start, end = UNTRUSTED_MARKERS
+    return f"{start}{text}{end}" if text else text
 
 
 def emphasize(text: str, group: str = CONTEXT) -> str:
@@ -75,8 +89,8 @@ def emphasize_unmarked(text: str, group: str = INSTRUCTIONS) -> str:
     start, end = GROUP_MARKERS[group]
     pieces, depth = [], 0
     for piece in re.split(f"([{_ALL_MARKERS}])", text):
-        if piece in _GROUP_OF:
-            depth += 1 if piece == GROUP_MARKERS[_GROUP_OF[piece]][0] else -1
+        if piece in _GROUP_OF or piece in UNTRUSTED_MARKERS:
+            depth += 1 if piece in _OPENERS else -1
             pieces.append(piece)
         elif depth == 0 and piece.strip():
             lead, trail = len(piece) - len(piece.lstrip()), len(piece.rstrip())
@@ -106,6 +120,8 @@ def parse_groups(text: str) -> tuple[str, dict[str, list[Span]]]:
     position = 0
     for piece in re.split(f"([{_ALL_MARKERS}])", text):
         group = _GROUP_OF.get(piece)
+        if piece in UNTRUSTED_MARKERS:
+            continue
         if group is None:
             plain.append(piece)
             position += len(piece)

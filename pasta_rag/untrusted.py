@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-from .emphasis import CONTEXT, Span, emphasize, strip_markers
+from .emphasis import CONTEXT, Span, emphasize, mark_untrusted, strip_markers
 
 _SENTENCE = re.compile(r"[^\n]+?(?:[.!?]+[\"'\u201d\u2019)\]]*(?=\s|$)|(?=\n)|$)")
 """A sentence ends at . ! or ? (and any closing quotes) before whitespace, or at a line break: "evil.com" and
@@ -78,11 +78,14 @@ def fact_spans(text: str) -> list[Span]:
 
 
 def emphasize_facts(text: str, group: str = CONTEXT) -> str:
-    """``text`` with its markers removed and every sentence but the instruction-like ones emphasized."""
+    """``text`` with its markers removed and every sentence but the instruction-like ones emphasized.
+
+    The whole is marked untrusted, so pinning the message it ends up in never pins the sentences left out.
+    """
     text = strip_markers(text)
     pieces, position = [], 0
     for start, end in fact_spans(text):
         pieces += [text[position:start], emphasize(text[start:end], group)]
         position = end
     pieces.append(text[position:])
-    return "".join(pieces)
+    return mark_untrusted("".join(pieces))

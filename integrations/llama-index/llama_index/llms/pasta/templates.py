@@ -29,16 +29,23 @@ CHUNK_SEPARATOR = re.compile(r"\n\s*\n")
 """What LlamaIndex puts between the retrieved chunks it packs into one ``context_str`` (a blank line)."""
 
 
+HEADING = re.compile(r"[^\n.!?]{1,80}")
+"""A chunk that is one short line with no sentence end: a document's title, not a passage of its own."""
+
+
 def emphasize_chunks(text: str) -> str:
     """Retrieved text with each chunk a passage of its own, and only its facts emphasized.
 
     One span per chunk lets ``select="relevant"`` steer the chunks that answer the question rather
     than everything retrieved; leaving out the sentences that read as orders keeps an attacker's
-    instruction in a retrieved page from being pushed up with its facts.
+    instruction in a retrieved page from being pushed up with its facts. A title stays with the
+    passage below it: alone, it would match the question best and win the passage's emphasis.
     """
     text = strip_markers(text)
     pieces, position = [], 0
     for separator in CHUNK_SEPARATOR.finditer(text):
+        if HEADING.fullmatch(text[position : separator.start()].strip()):
+            continue
         pieces += [emphasize_facts(text[position : separator.start()]), separator.group()]
         position = separator.end()
     pieces.append(emphasize_facts(text[position:]))
