@@ -66,7 +66,11 @@ def internal_error() -> APIError:
 def _validation_error(errors: list[dict[str, Any]]) -> APIError:
     """Pydantic's first complaint, with the field it is about (``messages.0.role``) as ``param``."""
     first = errors[0]
-    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    location = []
+    for part in first.get("loc", ())[1:]:  # after "body"
+        if _is_type_tag(str(part)):  # pydantic names the member of a union it tried: the field ends before it
+            break
+        location.append(str(part))
     param = ".".join(location) or None
     if first.get("type") == "json_invalid":
         return APIError(400, f"The request body is not valid JSON: {first.get('msg')}. Send a JSON object.",
@@ -80,6 +84,10 @@ def _validation_error(errors: list[dict[str, Any]]) -> APIError:
         return APIError(400, f"The request body must be a JSON object (Content-Type: application/json): "
                         f"{first.get('msg')}.", code="invalid_json")
     return APIError(400, f"Invalid value for {param}: {first.get('msg')}.", param=param, code="invalid_value")
+
+
+def _is_type_tag(part: str) -> bool:
+    return "[" in part or part in {"str", "int", "float", "bool"} or part.startswith("function-")
 
 
 def install_handlers(app: FastAPI) -> None:
