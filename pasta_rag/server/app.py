@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from ..batching import Generation
@@ -20,7 +21,7 @@ from .auth import bearer_check
 from .batcher import Batcher
 from .calls import CoreCall, chat_call, completion_call
 from .errors import APIError, install_handlers
-from .events import chat_chunks, completion_chunks, sse
+from .events import Chunk, chat_chunks, completion_chunks, sse
 from .limits import BodyLimit
 from .schemas import (
     AssistantMessage,
@@ -90,10 +91,10 @@ def create_app(
     @v1.post("/chat/completions", response_model=None)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> ChatCompletion | StreamingResponse:
         check_model(body.model)
-        call = chat_call(model, body)
+        call = await run_in_threadpool(chat_call, model, body)  # tokenizing a long prompt must not stall the loop
         completion_id, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if body.stream:
-            return _streamed(model, call, body, chat_chunks(completion_id, now, served))
+            return await run_in_threadpool(_streamed, model, call, body, chat_chunks(completion_id, now, served))
         answer = await request.app.state.batcher.generate(call)
         return ChatCompletion(id=completion_id, created=now, model=served, usage=_usage(answer), pasta=call.report,
                               choices=[ChatChoice(message=AssistantMessage(content=answer.text),
@@ -102,10 +103,11 @@ def create_app(
     @v1.post("/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> Completion | StreamingResponse:
         check_model(body.model)
-        call = completion_call(model, body)
+        call = await run_in_threadpool(completion_call, model, body)
         completion_id, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         if body.stream:
-            return _streamed(model, call, body, completion_chunks(completion_id, now, served))
+            return await run_in_threadpool(_streamed, model, call, body,
+                                           completion_chunks(completion_id, now, served))
         answer = await request.app.state.batcher.generate(call)
         return Completion(id=completion_id, created=now, model=served, usage=_usage(answer), pasta=call.report,
                           choices=[CompletionChoice(text=answer.text, finish_reason=answer.finish_reason)])
@@ -119,8 +121,8 @@ def create_app(
 
 
 def _streamed(model: PastaModel, call: CoreCall, body: ChatCompletionRequest | CompletionRequest,
-              chunk) -> StreamingResponse:
-    stream = model.astream(call.prompt, **call.arguments())
+              chunk: Chunk) -> StreamingResponse:
+    stream = model.astream(call.prompt, **call.arguments())  # prepares the prompt again: keep it off the loop
     include_usage = body.stream_options is not None and body.stream_options.include_usage
     return StreamingResponse(sse(stream, call, chunk, include_usage), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache"})
