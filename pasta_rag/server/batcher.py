@@ -1,7 +1,7 @@
 """Concurrent non-streaming requests -> one ``generate_batch`` call.
 
-Decoding a batch of 16 prompts costs little more than decoding one on the same hardware, so
-requests that arrive within a short window are answered together. The first request of a window
+A batched call decodes many prompts for not much more than the cost of one wherever the hardware has
+parallelism to spare, so requests that arrive within a short window are answered together. The first request of a window
 waits at most ``window_s`` for company; requests that cannot share a call (other steering or
 decoding settings) go into separate calls of the same window. Batches run one at a time on one
 worker thread, so the event loop stays free and one batch never competes with another for the
@@ -25,6 +25,8 @@ from .calls import CoreCall, grouped
 class _Pending:
     call: CoreCall
     answer: asyncio.Future[Generation]
+    arrived: float
+    """The event loop's clock when the request came: its window runs from then, also while a batch runs."""
 
 
 class Batcher:
@@ -43,20 +45,27 @@ class Batcher:
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pasta-rag-batch")
         self._task: asyncio.Task | None = None
+        self._unanswered: set[asyncio.Future[Generation]] = set()
 
     async def generate(self, call: CoreCall) -> Generation:
         """The answer to one call, generated in a batch with the calls that arrive with it."""
         if self._task is None:
             self._task = asyncio.create_task(self._run())
-        answer: asyncio.Future[Generation] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(call, answer))
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Generation] = loop.create_future()
+        self._unanswered.add(answer)
+        answer.add_done_callback(self._unanswered.discard)
+        await self._queue.put(_Pending(call, answer, loop.time()))
         return await answer
 
     async def close(self) -> None:
+        """Stop collecting; requests still waiting get an error instead of waiting forever."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for answer in list(self._unanswered):
+            answer.set_exception(RuntimeError("The server shut down before answering."))
         self._worker.shutdown(wait=True, cancel_futures=True)
 
     async def _run(self) -> None:
@@ -71,7 +80,7 @@ class Batcher:
     async def _collect(self) -> list[_Pending]:
         pending = [await self._queue.get()]
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.window_s
+        deadline = pending[0].arrived + self.window_s
         while len(pending) < self.max_batch_size:
             remaining = deadline - loop.time()
             try:

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from server_support import chat, running
+from server_support import MODEL, chat, running
 
 from pasta_rag import TextStream, emphasize
 from pasta_rag.server import create_app
 from pasta_rag.server.batcher import Batcher
+from pasta_rag.server.calls import chat_call
+from pasta_rag.server.schemas import ChatCompletionRequest
 
 PROMPTS = [f"Context: {emphasize(fact)}. Question: what is it?" for fact in
            ("the sky is green", "grass is blue", "snow is black", "fire is cold", "water is dry", "ice is hot")]
@@ -25,7 +28,7 @@ def answer(url: str, body: dict) -> dict:
 
 
 def test_concurrent_requests_share_batches_and_get_their_own_answers(model):
-    app = create_app(model, batch_window_ms=300, max_batch_size=4)
+    app = create_app(model, batch_window_ms=2000, max_batch_size=4)
     with running(app) as url, ThreadPoolExecutor(len(PROMPTS)) as pool:
         answers = list(pool.map(lambda p: answer(url, chat(p)), PROMPTS))
         batcher: Batcher = app.state.batcher
@@ -36,7 +39,7 @@ def test_concurrent_requests_share_batches_and_get_their_own_answers(model):
 
 
 def test_requests_with_other_settings_go_to_other_calls(model):
-    app = create_app(model, batch_window_ms=300, max_batch_size=8)
+    app = create_app(model, batch_window_ms=2000, max_batch_size=8)
     bodies = [chat(PROMPTS[0]), chat(PROMPTS[1]), chat(PROMPTS[2], pasta={"alpha": 0.5}),
               chat(PROMPTS[3], max_tokens=4), chat(PROMPTS[4], temperature=1.0, seed=1),
               chat(PROMPTS[5], temperature=1.0, seed=1)]
@@ -127,3 +130,17 @@ def test_batcher_options_are_checked(model):
     with pytest.raises(ValueError, match=">= 0 seconds"):
         Batcher(model, window_s=-1)
 
+
+
+def test_closing_the_batcher_answers_every_waiting_request(model):
+    call = chat_call(model, ChatCompletionRequest(model=MODEL, messages=[{"role": "user", "content": "hi"}]))
+
+    async def scenario() -> list:
+        batcher = Batcher(model, window_s=60)
+        waiting = [asyncio.ensure_future(batcher.generate(call)) for _ in range(2)]
+        await asyncio.sleep(0.05)  # both are collected, in a window that would last a minute
+        await batcher.close()
+        return await asyncio.gather(*waiting, return_exceptions=True)
+
+    outcomes = asyncio.run(scenario())
+    assert [str(o) for o in outcomes] == ["The server shut down before answering."] * 2
