@@ -321,6 +321,7 @@ def profile(
 @app.command()
 def serve(
     model: ModelOption = "default",
+    heads: HeadsOption = None,
     host: Annotated[str, typer.Option(help="Address to listen on; 127.0.0.1 keeps the server to this machine.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port to listen on.")] = 8000,
     api_key: Annotated[
@@ -347,7 +348,7 @@ def serve(
     from .engine import PastaModel
 
     try:
-        pasta = PastaModel.from_pretrained(model)
+        pasta = PastaModel.from_pretrained(model, heads=heads)
     except PastaError as error:
         errors.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None

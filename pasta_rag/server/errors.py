@@ -53,7 +53,8 @@ def from_core(error: PastaError) -> APIError:
     if isinstance(error, EmphasisError):
         return APIError(400, str(error), param="emphasis", code="emphasis_not_found")
     if isinstance(error, HeadSetError):
-        return APIError(400, str(error), param="pasta.heads", code="invalid_head_set")
+        return APIError(400, f"{error} Over this API: send pasta.heads ({{\"layer\": [heads]}} or a list of "
+                        "layers), or start the server with --heads.", param="pasta.heads", code="invalid_head_set")
     if isinstance(error, SteeringError):
         return APIError(400, str(error), param="pasta", code="invalid_steering")
     return APIError(400, str(error))

@@ -52,6 +52,21 @@ def test_serve_defaults_to_loopback_and_passes_its_options(model_dir, started):
         assert (batcher.window_s, batcher.max_batch_size) == (0.025, 3)
 
 
+def test_heads_gives_a_model_without_a_shipped_set_its_head_set(model_dir, started):
+    body = {"model": str(model_dir), "max_tokens": 2, "messages": [{"role": "user", "content": "\ue000hi\ue001"}]}
+    runner.invoke(app, ["serve", "--model", str(model_dir)])
+    with TestClient(started["app"]) as client:
+        refused = client.post("/v1/chat/completions", json=body).json()["error"]
+        assert refused["param"] == "pasta.heads" and "--heads" in refused["message"]
+    result = runner.invoke(app, ["serve", "--model", str(model_dir), "--heads", '{"1": [0, 2]}'])
+    assert result.exit_code == 2 and "error" in result.output  # a JSON text is not a file: refused, no traceback
+    heads_file = model_dir / "heads.json"
+    heads_file.write_text('{"1": [0, 2]}')
+    assert runner.invoke(app, ["serve", "--model", str(model_dir), "--heads", str(heads_file)]).exit_code == 0
+    with TestClient(started["app"]) as client:
+        assert client.post("/v1/chat/completions", json=body).json()["pasta"]["groups"][0]["heads"] == 2
+
+
 def test_the_api_key_can_come_from_the_environment(model_dir, started):
     result = runner.invoke(app, ["serve", "--model", str(model_dir)], env={"PASTA_RAG_API_KEY": "from-env"})
     assert result.exit_code == 0, result.output
