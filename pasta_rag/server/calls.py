@@ -16,7 +16,7 @@ from ..batching import PreparedBatch, prepare
 from ..emphasis import CONTEXT, INSTRUCTIONS
 from ..engine import PastaModel
 from ..errors import PastaError, SteeringError
-from ..prompts import GroupedEmphasis, Prompt
+from ..prompts import GroupedEmphasis, Prompt, RenderedPrompt
 from ..settings import SamplingSettings, Steering
 from .errors import APIError, from_core
 from .schemas import (
@@ -28,6 +28,8 @@ from .schemas import (
     PastaReport,
     refused_field,
 )
+
+DEFAULT_MAX_TOKENS = SamplingSettings().max_new_tokens
 
 
 @dataclass(frozen=True)
@@ -75,11 +77,12 @@ def core_call(
         name, why = refused
         raise APIError(400, f"{name} cannot be honoured: {why}. Remove the field.", param=name,
                        code="unsupported_parameter")
-    settings = sampling_of(request, max_tokens)
     steering = steering_of(request.pasta)
     try:
-        if steering.enabled is not False and not _emphasizes(model, prompt, request.emphasis):
+        rendered = model.render(prompt, emphasis=request.emphasis)
+        if steering.enabled is not False and not (rendered.spans or any(rendered.groups.values())):
             steering = steering.override(enabled=False)  # the plain model, without the core's warning
+        settings = sampling_of(request, max_tokens if max_tokens is not None else _default_max_tokens(model, rendered))
         prepared = prepare(model, [prompt], [request.emphasis], None, steering, settings)
     except PastaError as error:
         raise from_core(error) from None
@@ -115,9 +118,11 @@ def _group_steering(options: GroupOptions) -> Steering:
     return Steering(**given)
 
 
-def _emphasizes(model: PastaModel, prompt: Prompt, emphasis: GroupedEmphasis | None) -> bool:
-    rendered = model.render(prompt, emphasis=emphasis)
-    return bool(rendered.spans) or any(rendered.groups.values())
+def _default_max_tokens(model: PastaModel, rendered: RenderedPrompt) -> int:
+    """Without max_tokens, OpenAI answers up to the context window: pasta-rag's default length, or what is left."""
+    prompt_tokens = len(model.tokenizer(rendered.text, add_special_tokens=rendered.add_special_tokens)["input_ids"])
+    room = model.context_window - prompt_tokens
+    return min(DEFAULT_MAX_TOKENS, room) if room >= 1 else DEFAULT_MAX_TOKENS  # no room: the window error says so
 
 
 def report_of(prepared: PreparedBatch, options: PastaOptions | None) -> PastaReport:

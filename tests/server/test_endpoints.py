@@ -103,6 +103,15 @@ def test_decoding_fields(client, model):
     assert [s["choices"][0]["message"]["content"] for s in sampled] == [expected, expected]
 
 
+def test_without_max_tokens_a_long_prompt_is_answered_up_to_the_window(client, model):
+    content = "x" * 400  # 400 of the tiny model's 512 tokens, with the template's: fewer than 256 left
+    body = client.post("/v1/chat/completions", json=chat(content, max_tokens=None)).json()
+    room = model.context_window - body["usage"]["prompt_tokens"]
+    assert 0 < room < 256
+    expected = model.generate(messages(content), max_new_tokens=room, steer=False)
+    assert body["choices"][0]["message"]["content"] == expected.text
+
+
 def test_message_forms(client, model):
     parts = [{"type": "text", "text": "Context: "}, {"type": "text", "text": emphasize("the sky is green")}]
     with_parts = client.post("/v1/chat/completions", json={"model": MODEL, "max_tokens": 8, "messages": [
