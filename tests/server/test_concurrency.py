@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -50,6 +51,21 @@ def test_requests_with_other_settings_go_to_other_calls(model):
         [{"role": "user", "content": PROMPTS[2]}], max_new_tokens=8, alpha=0.5).text
     assert answers[4]["choices"][0]["message"]["content"] == model.generate(
         [{"role": "user", "content": PROMPTS[4]}], max_new_tokens=8, temperature=1.0, seed=1).text
+
+
+def test_a_real_stream_and_a_batch_use_the_model_at_once_and_both_answers_are_right(model):
+    with running(create_app(model, batch_window_ms=0)) as url, httpx.Client(timeout=60) as http:
+        with http.stream("POST", f"{url}/v1/chat/completions", json=chat(PROMPTS[0], stream=True,
+                                                                         max_tokens=300)) as streamed:
+            lines = streamed.iter_lines()
+            head = [next(lines), next(lines)]
+            other = answer(url, chat(PROMPTS[1]))  # generated while the stream's thread is decoding
+            rest = list(lines)
+    chunks = [json.loads(line[6:]) for line in [*head, *rest] if line.startswith("data: {")]
+    text = "".join(c["choices"][0]["delta"]["content"] or "" for c in chunks if c["choices"])
+    assert text == model.generate([{"role": "user", "content": PROMPTS[0]}], max_new_tokens=300).text
+    assert other["choices"][0]["message"]["content"] == model.generate(
+        [{"role": "user", "content": PROMPTS[1]}], max_new_tokens=8).text
 
 
 class SlowStream:
