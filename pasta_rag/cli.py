@@ -318,5 +318,46 @@ def profile(
     console.print(f"wrote {len(head_set)} heads (k={ranked[0].k}, alpha={ranked[0].alpha}) to {out}")
 
 
+@app.command()
+def serve(
+    model: ModelOption = "default",
+    heads: HeadsOption = None,
+    host: Annotated[str, typer.Option(help="Address to listen on; 127.0.0.1 keeps the server to this machine.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port to listen on.")] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="PASTA_RAG_API_KEY",
+                     help="Require 'Authorization: Bearer KEY' on /v1 (the OpenAI client's api_key). "
+                     "Set it whenever --host is not a loopback address."),
+    ] = None,
+    batch_window_ms: Annotated[
+        float, typer.Option(min=0, help="How long the first waiting request waits for others to batch with.")
+    ] = 10.0,
+    max_batch_size: Annotated[int, typer.Option(min=1, help="Most requests answered by one batched call.")] = 16,
+    max_body_bytes: Annotated[int, typer.Option(min=1, help="Largest request body accepted (413 above).")] = 4 << 20,
+) -> None:
+    """Serve the steered model with the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models)."""
+    try:
+        import uvicorn
+
+        from .server import create_app
+    except ImportError as error:
+        errors.print(f"[red]error:[/red] the server needs FastAPI and uvicorn ({error.name} is missing): "
+                     "pip install 'pasta-rag[serve]'")
+        raise typer.Exit(2) from None
+    from .engine import PastaModel
+
+    try:
+        pasta = PastaModel.from_pretrained(model, heads=heads)
+    except PastaError as error:
+        errors.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    server_app = create_app(pasta, aliases=[model], api_key=api_key, batch_window_ms=batch_window_ms,
+                            max_batch_size=max_batch_size, max_body_bytes=max_body_bytes)
+    errors.print(f"Serving {pasta.name} (also as {model!r}) on http://{host}:{port}/v1"
+                 f"{'' if api_key else ' without an API key'}.")
+    uvicorn.run(server_app, host=host, port=port)
+
+
 if __name__ == "__main__":
     app()
