@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 from test_profiling import CONFLICTS, INSTRUCTIONS, examples, tiny_engine
-from tiny import ARCHITECTURES
+from tiny import ARCHITECTURES, char_tokenizer, tiny_model
 
 from pasta_rag.research.profiling import (
     Checkpoint,
@@ -93,3 +93,51 @@ def test_rank_helpers():
     assert spearman(a, a * 10) == pytest.approx(1.0)
     assert spearman(a, -a) == pytest.approx(-1.0)
     assert top_k_overlap(a, torch.tensor([[4.0, 3.0], [2.0, 1.0]]), 2) == 0.0
+
+
+def test_profile_with_no_tasks_profiles_both_jobs_and_the_model_finds_them(tmp_path, monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    from pasta_rag import PastaModel
+    from pasta_rag.cli import app
+    from pasta_rag.research.profiling import jobs
+    from pasta_rag.research.profiling.jobs import Job
+
+    folder = tmp_path / "tiny-llama"
+    tiny_model("llama").save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    # the shipped jobs, on the shipped tasks' first records (all of them is a real model's run)
+    small = {purpose: Job(purpose, job.train, job.dev[:1], (0.1,), job.steer_generated, job.generated_exponents[:2])
+             for purpose, job in jobs.JOBS.items()}
+    monkeypatch.setattr(jobs, "JOBS", small)
+    monkeypatch.setattr("pasta_rag.research.profiling.JOBS", small)
+    original = jobs.shipped_tasks
+    monkeypatch.setattr("pasta_rag.research.profiling.shipped_tasks",
+                        lambda split, names: {n: e[:2] for n, e in original(split, names).items()})
+    out = tmp_path / "heads.json"
+    result = CliRunner().invoke(app, ["profile", "--model", str(folder), "--out", str(out), "--ks", "4,8"])
+    assert result.exit_code == 0, result.output
+    context, instructions = json.loads(out.read_text()), json.loads((tmp_path / "heads.instructions.json").read_text())
+    assert set(context["metadata"]["tasks"]) == {"conflicts", "conflicts_long"}
+    assert set(instructions["metadata"]["tasks"]) == {"json", "pronouns"}
+    assert "screened at once" in context["metadata"]["method"] and "screened_scores" in context["metadata"]
+    assert context["metadata"]["steer_generated"] is True and instructions["metadata"]["steer_generated"] is False
+    tried = sorted(c.get("generated_exponent", 1.0) for c in context["metadata"]["candidates"])
+    assert tried == [1.0, 1.0, 1.5]  # the k x alpha grid (k 4 and 8, alpha 0.1), then e = 1.5 at its best
+    model = PastaModel.from_pretrained(folder)
+    assert model.heads.pairs() == sorted(tuple(p) for p in _pairs(context["heads"]))
+    assert model.resolve_heads("instructions").pairs() == sorted(_pairs(instructions["heads"]))
+    exact = CliRunner().invoke(app, ["profile", "--model", str(folder), "--out", str(tmp_path / "exact.json"),
+                                     "--ks", "4", "--job", "instructions", "--exact"])
+    assert exact.exit_code == 0, exact.output
+    assert json.loads((tmp_path / "exact.instructions.json").read_text())["metadata"]["method"].startswith(
+        "pasta-rag profile: one head steered at a time")
+    assert not (tmp_path / "exact.json").exists()
+    refused = CliRunner().invoke(app, ["profile", "--model", str(folder), "--out", str(out), "--job", "other"])
+    assert refused.exit_code != 0 and "--job" in refused.output
+
+
+def _pairs(heads: dict) -> list[tuple[int, int]]:
+    return [(int(layer), head) for layer, hs in heads.items() for head in hs]
