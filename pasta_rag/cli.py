@@ -273,6 +273,10 @@ def profile(
     candidates: Annotated[
         float, typer.Option(min=1, help="With screening: rescore each task's best CANDIDATES x (largest k) heads.")
     ] = 3.0,
+    screening: Annotated[
+        str, typer.Option(help="What screening's gates scale: 'outputs' (each head's output between unsteered and "
+                          "steered alone) or 'bias' (its steering bias; cheaper, cruder).")
+    ] = "outputs",
     alpha: Annotated[float, typer.Option(help="Alpha while scoring single heads (the paper's 0.01).")] = 0.01,
     ks: Annotated[str | None, typer.Option(help="Top-k sizes to try, comma-separated (default: those keeping 4-24% of heads).")] = None,
     alphas: Annotated[str | None, typer.Option(help="Alphas to try on dev, comma-separated (default: the job's; "
@@ -309,20 +313,20 @@ def profile(
 
     def plan_for(defaults: Job | None) -> Plan:
         return Plan(
-            alpha=alpha, ks=ks_given, exact=exact, candidates=candidates,
+            alpha=alpha, ks=ks_given, exact=exact, candidates=candidates, screening=screening,
             alphas=_floats(alphas) if alphas else (defaults.alphas if defaults else (0.01, 0.1)),
             steer_generated=steer_generated if steer_generated is not None else bool(defaults and defaults.steer_generated),
             generated_exponents=(_floats(generated_exponents) if generated_exponents else
                                  defaults.generated_exponents if defaults and (steer_generated is not False) else (1.0,)),
         )
 
-    if train:
-        runs = [(None, _read_sets(train, "training"), _read_sets(dev, "dev"), plan_for(None), out)]
-    else:
-        runs = [(purpose, shipped_tasks("train", spec.train), shipped_tasks("dev", spec.dev), plan_for(spec),
-                 out if purpose == "context" else out.with_name(f"{out.stem}.{purpose}{out.suffix}"))
-                for purpose, spec in JOBS.items() if job in (None, purpose)]
     try:
+        if train:
+            runs = [(None, _read_sets(train, "training"), _read_sets(dev, "dev"), plan_for(None), out)]
+        else:
+            runs = [(purpose, shipped_tasks("train", spec.train), shipped_tasks("dev", spec.dev), plan_for(spec),
+                     out if purpose == "context" else out.with_name(f"{out.stem}.{purpose}{out.suffix}"))
+                    for purpose, spec in JOBS.items() if job in (None, purpose)]
         pasta = PastaModel.from_pretrained(model)
         progress_file = Checkpoint.open(checkpoint or out.with_name(out.stem + ".partial.json"), pasta.name, alpha)
         for purpose, tasks, dev_sets, plan, path in runs:

@@ -10,6 +10,7 @@ import torch
 from test_profiling import CONFLICTS, INSTRUCTIONS, examples, tiny_engine
 from tiny import ARCHITECTURES, char_tokenizer, tiny_model
 
+from pasta_rag import PastaError
 from pasta_rag.research.profiling import (
     Checkpoint,
     candidate_heads,
@@ -21,51 +22,59 @@ from pasta_rag.research.profiling import (
     spearman,
     top_k_overlap,
 )
-from pasta_rag.research.profiling.screening import patched_margins
+from pasta_rag.research.profiling.screening import METHODS, biased_margins, patched_margins
+
+MARGINS = {"outputs": patched_margins, "bias": biased_margins}
 
 
 def rows_of(model):
     return [scoring_row(model, e) for e in examples(CONFLICTS + INSTRUCTIONS)]
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
-def test_a_one_hot_gate_is_steering_that_head_alone(architecture):
+def test_a_one_hot_gate_is_steering_that_head_alone(architecture, method):
     model = tiny_engine(architecture)
     rows = rows_of(model)
     exact = score_heads(model, rows, 0.01)
+    margins = MARGINS[method]
     with torch.no_grad():
         gates = torch.zeros(len(rows), model.num_layers, model.num_heads)
-        base = patched_margins(model, rows, 0.01, gates)
+        base = margins(model, rows, 0.01, gates)
         for layer, head in [(0, 1), (1, 2), (2, 3)]:
             one_hot = gates.clone()
             one_hot[:, layer, head] = 1
-            gain = (patched_margins(model, rows, 0.01, one_hot) - base).mean()
+            gain = (margins(model, rows, 0.01, one_hot) - base).mean()
             torch.testing.assert_close(gain, exact[layer, head], atol=1e-4, rtol=0)
 
 
-def test_the_screened_score_is_the_gates_derivative_and_leaves_the_weights_alone():
+@pytest.mark.parametrize("method", METHODS)
+def test_the_screened_score_is_the_gates_derivative_and_leaves_the_weights_alone(method):
     model = tiny_engine("llama")
     rows = rows_of(model)
-    screened = screen_heads(model, rows, 0.01)
+    screened = screen_heads(model, rows, 0.01, method=method)
     step = 1e-3
     with torch.no_grad():
         gates = torch.zeros(len(rows), model.num_layers, model.num_heads)
-        base = patched_margins(model, rows, 0.01, gates)
+        base = MARGINS[method](model, rows, 0.01, gates)
         for layer, head in [(0, 0), (1, 3), (2, 1)]:
             nudged = gates.clone()
             nudged[:, layer, head] = step
-            slope = ((patched_margins(model, rows, 0.01, nudged) - base) / step).mean()
+            slope = ((MARGINS[method](model, rows, 0.01, nudged) - base) / step).mean()
             torch.testing.assert_close(screened[layer, head], slope, atol=0.02 * max(1.0, abs(float(slope))), rtol=0)
     assert all(p.requires_grad and p.grad is None for p in model.model.parameters())
+    with pytest.raises(PastaError, match="Unknown screening method"):
+        screen_heads(model, rows, 0.01, method="magic")
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
-def test_screening_ranks_heads_like_the_exact_scorer(architecture):
+def test_screening_ranks_heads_like_the_exact_scorer(architecture, method):
     # alpha 0.3: a tiny random model is far less linear than a trained one, and a milder push keeps the
-    # first-order estimate in its range (on the default model it ranks at alpha 0.01: benchmarks/README.md)
+    # first-order estimate in its range (the default model at alpha 0.01: benchmarks/README.md, Screening)
     model = tiny_engine(architecture)
     rows = rows_of(model)
-    screened, exact = screen_heads(model, rows, 0.3), score_heads(model, rows, 0.3)
+    screened, exact = screen_heads(model, rows, 0.3, method=method), score_heads(model, rows, 0.3)
     assert spearman(screened, exact) > 0.7
     assert top_k_overlap(screened, exact, 4) >= 0.5
 
@@ -132,6 +141,10 @@ def test_profile_with_no_tasks_profiles_both_jobs_and_the_model_finds_them(tmp_p
     exact = CliRunner().invoke(app, ["profile", "--model", str(folder), "--out", str(tmp_path / "exact.json"),
                                      "--ks", "4", "--job", "instructions", "--exact"])
     assert exact.exit_code == 0, exact.output
+    bias = CliRunner().invoke(app, ["profile", "--model", str(folder), "--out", str(tmp_path / "bias.json"),
+                                    "--ks", "4", "--job", "context", "--screening", "bias"])
+    assert bias.exit_code == 0, bias.output
+    assert (tmp_path / "bias.json").exists() and not (tmp_path / "bias.instructions.json").exists()
     assert json.loads((tmp_path / "exact.instructions.json").read_text())["metadata"]["method"].startswith(
         "pasta-rag profile: one head steered at a time")
     assert not (tmp_path / "exact.json").exists()

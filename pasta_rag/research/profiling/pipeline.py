@@ -38,6 +38,8 @@ class Plan:
     """Score every head exactly (the reference) instead of screening then rescoring the candidates."""
     candidates: float = 3.0
     """With screening: each task's best ``candidates x (largest k)`` screened heads are rescored exactly."""
+    screening: str = "outputs"
+    """What the screening gates scale: head outputs (attribution patching) or the steering bias (``screening``)."""
 
 
 def profile_head_set(
@@ -55,7 +57,8 @@ def profile_head_set(
         advance = stage(f"scoring {layers * heads} heads x {len(tasks)} tasks", profile_cost(layers) * len(tasks))
         scores = profile_tasks(model, tasks, plan.alpha, checkpoint, advance)
     else:
-        screened = screen_tasks(model, tasks, plan.alpha, stage(f"screening {layers * heads} heads", len(tasks)))
+        screened = screen_tasks(model, tasks, plan.alpha, stage(f"screening {layers * heads} heads", len(tasks)),
+                                method=plan.screening)
         largest = max(plan.ks) if plan.ks else max(default_ks(screened))
         pool = candidate_heads(screened, min(layers * heads, round(plan.candidates * largest)))
         advance = stage(f"rescoring {len(pool)} candidates exactly", profile_cost(layers, pool, heads) * len(tasks))

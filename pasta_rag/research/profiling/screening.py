@@ -14,7 +14,13 @@ above read the result), so the exact score is ``f(e_lh) - f(0)`` and the
 gradient at g = 0 is its first-order estimate: for every head at once,
 ``sum over positions of <s - u, d margin / d out>``.
 
-One pass per chunk of rows: the batch is doubled, the second half steered in
+The other gate (``method="bias"``) scales the steering bias itself: head h
+adds ``g * log(alpha)`` to the keys it pushes down, so g = 1 on one head is
+again steering it alone, and one plain forward and backward give the gradient.
+It is cheaper (no doubled batch) but linear in the bias, where the softmax is
+not: the output gate sees each head's real steered output.
+
+One pass per chunk of rows (output gates): the batch is doubled, the second half steered in
 every head, and each decoder layer's input of the second half is overwritten
 with the first half's, so ``s`` is every head's steered output on unsteered
 inputs; then one backward of the first half's margin. No gradient reaches the
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
 
@@ -44,29 +51,66 @@ def screen_tasks(
     alpha: float,
     progress: Callable[[int], None] | None = None,
     row: Callable[[PastaModel, Example], ScoringRow] = scoring_row,
+    method: str = "outputs",
 ) -> dict[str, torch.Tensor]:
     """``{task: (layers, heads) screened scores}``; ``progress`` is advanced by one per task screened."""
     screened = {}
     for name, examples in tasks.items():
         if not examples:
             raise PastaError(f"Profiling task {name!r} has no examples.")
-        screened[name] = screen_heads(model, [row(model, example) for example in examples], alpha)
+        screened[name] = screen_heads(model, [row(model, example) for example in examples], alpha, method=method)
         if progress:
             progress(1)
     return screened
 
 
+METHODS = ("outputs", "bias")
+"""What the gates scale: each head's output (between unsteered and steered alone), or its steering bias."""
+
+
 def screen_heads(
-    model: PastaModel, rows: Sequence[ScoringRow], alpha: float, *, batch_tokens: int = 2048
+    model: PastaModel, rows: Sequence[ScoringRow], alpha: float, *, method: str = "outputs", batch_tokens: int = 2048
 ) -> torch.Tensor:
-    """(layers, heads): the estimated mean margin gain of steering each head alone (AtP at the unsteered model)."""
+    """(layers, heads): the estimated mean margin gain of steering each head alone (the gates' gradient at 0)."""
+    if method not in METHODS:
+        raise PastaError(f"Unknown screening method {method!r}; use one of {', '.join(METHODS)}.")
+    margins = patched_margins if method == "outputs" else biased_margins
     gains = []
-    for chunk in _chunks(model, rows, 2, batch_tokens):
+    for chunk in _chunks(model, rows, 2 if method == "outputs" else 1, batch_tokens):
         gates = torch.zeros(len(chunk), model.num_layers, model.num_heads, requires_grad=True)
         with _frozen_weights(model.model), torch.enable_grad():
-            patched_margins(model, chunk, alpha, gates).sum().backward()
+            margins(model, chunk, alpha, gates).sum().backward()
         gains.append(gates.grad)  # (rows, layers, heads)
     return torch.cat(gains).mean(dim=0)
+
+
+@dataclass
+class _GatedBias(SteeringState):
+    """Head h of layer l adds ``gates[row, l, h] * log(alpha)``: the head switch is the gate."""
+
+    gates: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 0, 0))  # (rows, layers, heads)
+
+    def head_switch(self, layer: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
+        return self.gates[:, layer].to(device=device, dtype=dtype)  # (rows, heads)
+
+
+def biased_margins(
+    model: PastaModel, rows: Sequence[ScoringRow], alpha: float, gates: torch.Tensor
+) -> torch.Tensor:
+    """(rows,) margins with each head's steering bias scaled by its gate; gates (rows, layers, heads)."""
+    batch = _Batch.of(rows, model.pad_token_id)
+    everything = HeadSet.from_layers(range(model.num_layers))
+    state = _GatedBias(batch.unbiased, everything, alpha, model.num_heads, gates=gates)
+    device = model.device
+    with steering(state):
+        output = model.model(
+            input_ids=batch.input_ids.to(device),
+            attention_mask=batch.attention_mask.to(device),
+            position_ids=batch.position_ids.to(device),
+            use_cache=False,
+            logits_to_keep=1,
+        )
+    return batch.margin(output.logits[:, -1])
 
 
 def patched_margins(
