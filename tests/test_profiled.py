@@ -80,3 +80,17 @@ def test_a_folder_that_is_not_a_model_says_what_it_lacks(tmp_path):
     result = CliRunner().invoke(app, ["ask", "Q?", "--context", "abc", "--model", str(tmp_path)])
     output = " ".join(result.output.split())  # rich wraps long lines
     assert result.exit_code == 2 and "is not a model folder" in output and "Traceback" not in output
+
+
+@pytest.mark.real_model
+def test_the_default_model_has_an_identity_keeps_its_shipped_sets_and_prefers_its_own(tmp_path, monkeypatch):
+    from pasta_rag.heads import shipped_head_set
+
+    model = PastaModel.from_pretrained("default")
+    assert model.identity and model.heads == shipped_head_set(model.name)
+    assert 60 < profiled.estimate_profile_seconds(model.model) < 7 * 24 * 3600
+    monkeypatch.setenv(profiled.HEAD_SETS_ENV, str(tmp_path))
+    profiled.save(model.identity, "context", HeadSet.from_pairs([(20, 1)], {"alpha": 0.05}))
+    again = PastaModel.from_pretrained("default")
+    assert again.heads.pairs() == [(20, 1)] and again.alpha == 0.05
+    assert again.resolve_heads("instructions") == shipped_head_set(model.name, "instructions")
