@@ -91,35 +91,40 @@ def missing_message(name: str, source: str | None, model: torch.nn.Module, purpo
 
 # --- the estimate ----------------------------------------------------------------------
 
-PROFILE_WORK = {"examples": 120, "tokens": 260, "dev_examples": 276, "dev_candidates": 12, "dev_new_tokens": 40}
-"""The shipped jobs' size, roughly: train and dev examples, mean prompt tokens, dev candidates tried, decoded tokens."""
+PROFILE_WORK = {"examples": 120, "tokens": 260, "rescored_share": 0.5, "dev_runs": 5564, "dev_tokens": 400,
+                "dev_new_tokens": 40}
+"""The shipped jobs' size, roughly: training examples and their mean tokens, the share of heads rescored, dev
+generations (context: 228 dev examples x 23 candidates; instructions: 32 x 10), their prompt and decoded tokens."""
 
 
 def estimate_profile_seconds(model: torch.nn.Module, flops_per_second: float | None = None) -> float:
     """Seconds that ``pasta-rag profile`` may take: its token-forwards at 2 FLOPs per parameter, at this machine's speed.
 
-    Screening costs about four forwards per example, rescoring a fifth of the heads about that many half-forwards,
-    and choosing on dev one prefill and the decoded tokens per example and candidate. It is an estimate:
-    small models run below the machine's matmul speed, so it errs short for them.
+    Screening costs about four forwards per example, rescoring a head about a quarter of one (the layers above it,
+    the tokens from the emphasis on), and choosing on dev a prefill and the decoded tokens per example and
+    candidate (a decoded token counted as 8, for the overhead of one-token steps). It is an estimate.
     """
     parameters = sum(p.numel() for p in model.parameters())
     config = model.config.get_text_config()
     heads = config.num_hidden_layers * config.num_attention_heads
     work = PROFILE_WORK
-    scoring_tokens = work["examples"] * work["tokens"] * (4 + 0.2 * heads * 0.5)
-    dev_tokens = work["dev_examples"] * work["dev_candidates"] * (work["tokens"] + work["dev_new_tokens"] * 8)
+    scoring_tokens = work["examples"] * work["tokens"] * (4 + work["rescored_share"] * heads * 0.25)
+    dev_tokens = work["dev_runs"] * (work["dev_tokens"] + 8 * work["dev_new_tokens"])
     flops = 2 * parameters * (scoring_tokens + dev_tokens)
     return flops / (flops_per_second or measured_flops_per_second())
 
 
-def measured_flops_per_second(size: int = 512, repeats: int = 8) -> float:
-    """This machine's float32 matmul speed, measured now (a fraction of a second)."""
+def measured_flops_per_second(size: int = 1024, repeats: int = 4, rounds: int = 3) -> float:
+    """This machine's float32 matmul speed, measured now (best of a few rounds; a fraction of a second)."""
     a, b = torch.randn(size, size), torch.randn(size, size)
     a @ b  # warm up
-    started = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * size**3 * repeats / max(time.perf_counter() - started, 1e-9)
+    best = math.inf
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 * repeats / max(best, 1e-9)
 
 
 def _duration(seconds: float) -> str:
