@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import GenerationConfig
 
+from . import profiled
 from .emphasis import CONTEXT, INSTRUCTIONS, Span
 from .errors import ContextWindowError, HeadSetError, PastaError
 from .heads import PURPOSES, HeadSet
@@ -137,10 +138,7 @@ def steering_states(model: PastaModel, batch: PromptBatch, call: Steering) -> tu
         if not resolved.enabled:
             continue
         if resolved.heads is UNSET:
-            raise HeadSetError(
-                f"pasta-rag ships no head set for {model.name!r}; pass heads= (a JSON file, "
-                '{"layer": [heads]} or a list of layers), or profile one with `pasta-rag profile`.'
-            )
+            raise HeadSetError(profiled.missing_message(model.name, model.source, model.model))
         heads = HeadSet.from_pairs([p for p in resolved.heads.pairs() if p not in claimed])  # type: ignore[union-attr]
         claimed.update(heads.pairs())
         if heads:

@@ -252,62 +252,110 @@ def evaluate_command(
 
 @app.command()
 def profile(
-    train: Annotated[
-        list[Path],
-        typer.Option(exists=True, dir_okay=False, help="A task's training set (JSON Lines); repeat for each task."),
-    ],
-    dev: Annotated[
-        list[Path],
-        typer.Option(exists=True, dir_okay=False, help="A dev set for choosing k and alpha; repeatable."),
-    ],
-    out: Annotated[Path, typer.Option(help="Where to write the head set JSON.")],
+    out: Annotated[Path, typer.Option(help="Where to write the head set JSON (the context set; the instructions "
+                                      "set goes next to it as OUT-stem.instructions.json).")],
     model: ModelOption = "default",
+    train: Annotated[
+        list[Path] | None,
+        typer.Option(exists=True, dir_okay=False, help="Your own task's training set (JSON Lines); repeat for each "
+                     "task. Default: the tasks that ship with pasta-rag, for both jobs."),
+    ] = None,
+    dev: Annotated[
+        list[Path] | None,
+        typer.Option(exists=True, dir_okay=False, help="With --train: a dev set for choosing k and alpha; repeatable."),
+    ] = None,
+    job: Annotated[
+        str | None, typer.Option(help="Profile one of the shipped jobs only: 'context' or 'instructions'.")
+    ] = None,
+    exact: Annotated[
+        bool, typer.Option(help="Score every head exactly (the reference) instead of screening then rescoring.")
+    ] = False,
+    candidates: Annotated[
+        float, typer.Option(min=1, help="With screening: rescore each task's best CANDIDATES x (largest k) heads.")
+    ] = 3.0,
+    screening: Annotated[
+        str, typer.Option(help="What screening's gates scale: 'outputs' (each head's output between unsteered and "
+                          "steered alone) or 'bias' (its steering bias; cheaper, cruder).")
+    ] = "outputs",
     alpha: Annotated[float, typer.Option(help="Alpha while scoring single heads (the paper's 0.01).")] = 0.01,
     ks: Annotated[str | None, typer.Option(help="Top-k sizes to try, comma-separated (default: those keeping 4-24% of heads).")] = None,
-    alphas: Annotated[str, typer.Option(help="Alphas to try on dev, comma-separated.")] = "0.01,0.1",
+    alphas: Annotated[str | None, typer.Option(help="Alphas to try on dev, comma-separated (default: the job's; "
+                                               "0.01,0.1 for your own tasks).")] = None,
     checkpoint: Annotated[
         Path | None, typer.Option(help="Progress file; a rerun resumes from it. Default: OUT with .partial.json.")
     ] = None,
     steer_generated: Annotated[
-        bool, typer.Option(help="Choose on dev with generated tokens' keys steered too; the head set records it.")
-    ] = False,
+        bool | None, typer.Option("--steer-generated/--no-steer-generated",
+                                  help="Choose on dev with generated tokens' keys steered too; the head set records "
+                                  "it. Default: the job's (context: yes); no for your own tasks.")
+    ] = None,
     generated_exponents: Annotated[
-        str, typer.Option(help="With --steer-generated: exponents e to try on dev, comma-separated; generated keys "
-                          "are scaled by alpha**e (1: like the prompt). The head set records its generated_alpha.")
-    ] = "1",
+        str | None, typer.Option(help="With --steer-generated: exponents e to try on dev, comma-separated; generated keys "
+                                 "are scaled by alpha**e (1: like the prompt), tried at the best k and alpha. "
+                                 "Default: the job's (context: 1,1.5,2,3); 1 for your own tasks.")
+    ] = None,
 ) -> None:
-    """Find the heads to steer: score each head alone on every task, intersect the per-task top-k, pick k on dev."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    """Find the heads to steer: screen every head, rescore the best exactly, intersect the per-task top-k, pick k on dev.
 
+    With no tasks given, profiles both jobs on the tasks that ship with pasta-rag (context: short and long knowledge
+    conflicts; instructions: JSON format and pronoun change), writes both sets, and saves them where
+    PastaModel.from_pretrained finds them again for this model.
+    """
     from .engine import PastaModel
-    from .research.profiling import Checkpoint, choose_heads, default_ks, profile_cost, profile_tasks, profiled_head_set
+    from .research.profiling import JOBS, Checkpoint, Job, shipped_tasks
+    from .research.profiling.pipeline import Plan
 
-    tasks, dev_sets = _read_sets(train, "training"), _read_sets(dev, "dev")
-    checkpoint_path = checkpoint or out.with_name(out.stem + ".partial.json")
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    if bool(train) != bool(dev):
+        raise typer.BadParameter("give your own tasks with both --train and --dev, or neither (the shipped tasks)")
+    if job is not None and (train or job not in JOBS):
+        raise typer.BadParameter(f"--job is one of {', '.join(JOBS)}, for the shipped tasks (not with --train)")
+    ks_given = [int(k) for k in _floats(ks)] if ks else None
+
+    def plan_for(defaults: Job | None) -> Plan:
+        return Plan(
+            alpha=alpha, ks=ks_given, exact=exact, candidates=candidates, screening=screening,
+            alphas=_floats(alphas) if alphas else (defaults.alphas if defaults else (0.01, 0.1)),
+            steer_generated=steer_generated if steer_generated is not None else bool(defaults and defaults.steer_generated),
+            generated_exponents=(_floats(generated_exponents) if generated_exponents else
+                                 defaults.generated_exponents if defaults and (steer_generated is not False) else (1.0,)),
+        )
+
     try:
+        if train:
+            runs = [(None, _read_sets(train, "training"), _read_sets(dev, "dev"), plan_for(None), out)]
+        else:
+            runs = [(purpose, shipped_tasks("train", spec.train), shipped_tasks("dev", spec.dev), plan_for(spec),
+                     out if purpose == "context" else out.with_name(f"{out.stem}.{purpose}{out.suffix}"))
+                    for purpose, spec in JOBS.items() if job in (None, purpose)]
         pasta = PastaModel.from_pretrained(model)
-        progress_file = Checkpoint.open(checkpoint_path, pasta.name, alpha)
-        with Progress(*columns, console=errors) as progress:
-            scoring = progress.add_task(f"scoring {pasta.num_layers * pasta.num_heads} heads x {len(tasks)} tasks",
-                                        total=profile_cost(pasta.num_layers) * len(tasks))
-            task_scores = profile_tasks(pasta, tasks, alpha, progress_file, lambda n: progress.advance(scoring, n))
-            sizes = default_ks(task_scores) if ks is None else [int(k) for k in _floats(ks)]
-            exponents = _floats(generated_exponents)
-            dev_total = sum(len(e) for e in dev_sets.values()) * len(sizes) * len(_floats(alphas)) * len(exponents)
-            choosing = progress.add_task("choosing k and alpha on dev", total=dev_total)
-            ranked = choose_heads(pasta, task_scores, dev_sets, sizes, _floats(alphas), progress_file,
-                                  lambda n: progress.advance(choosing, n), steer_generated, exponents)
-            progress.update(choosing, completed=dev_total)
+        progress_file = Checkpoint.open(checkpoint or out.with_name(out.stem + ".partial.json"), pasta.name, alpha)
+        for purpose, tasks, dev_sets, plan, path in runs:
+            _profile_one(pasta, purpose, tasks, dev_sets, plan, progress_file, path)
     except PastaError as error:
         errors.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
-    head_set = profiled_head_set(pasta.name, task_scores, {n: len(e) for n, e in tasks.items()}, alpha, ranked,
-                                 steer_generated)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    head_set.save(out)
-    table = Table(title=f"{pasta.name}: candidates on dev (best first)")
+
+
+def _profile_one(pasta, purpose: str | None, tasks: dict, dev_sets: dict, plan, progress_file, path: Path) -> None:
+    """One head set: profiled, written to PATH, and (for a shipped job) saved where the model finds it again."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from . import profiled
+    from .research.profiling.pipeline import profile_head_set
+
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    label = f"{purpose}: " if purpose else ""
+    with Progress(*columns, console=errors) as progress:
+
+        def stage(description: str, total: float):
+            bar = progress.add_task(label + description, total=total)
+            return lambda n: progress.advance(bar, n)
+
+        head_set, ranked = profile_head_set(pasta, tasks, dev_sets, plan, progress_file, stage)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    head_set.save(path)
+    table = Table(title=f"{pasta.name}{' ' + purpose if purpose else ''}: candidates on dev (best first)")
     for column in ("k", "alpha", "generated exponent", "heads", "mean acc - rep", *dev_sets):
         table.add_column(column, justify="right")
     for c in ranked:
@@ -315,7 +363,10 @@ def profile(
         table.add_row(str(c.k), str(c.alpha), str(c.generated_exponent), str(len(c.heads)), f"{c.objective:.3f}",
                       *cells)
     console.print(table)
-    console.print(f"wrote {len(head_set)} heads (k={ranked[0].k}, alpha={ranked[0].alpha}) to {out}")
+    console.print(f"wrote {len(head_set)} heads (k={ranked[0].k}, alpha={ranked[0].alpha}) to {path}")
+    if purpose and pasta.identity:
+        saved = profiled.save(pasta.identity, purpose, head_set)
+        console.print(f"saved as this model's {purpose!r} set ({saved}): PastaModel.from_pretrained finds it")
 
 
 @app.command()

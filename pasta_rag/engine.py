@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteriaList
 
-from . import loading
+from . import loading, profiled
 from .batching import Generation, PreparedBatch, check_window, finish_all, prepare
 from .emphasis import Span
 from .errors import HeadSetError, PastaError
@@ -63,11 +63,17 @@ class PastaModel:
         *,
         steering: Steering | None = None,
         name: str | None = None,
+        source: str | None = None,
+        identity: str | None = None,
         **steering_fields: Any,
     ):
         self.model = model
         self.tokenizer = tokenizer
         self.name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
+        self.source: str | None = source
+        """What the model was loaded from: the command that profiles it names it."""
+        self.identity: str | None = identity
+        """The model's identity (``profiled.model_identity``): the head sets profiled for it are found by it."""
         text_config = model.config.get_text_config()
         self.num_layers: int = text_config.num_hidden_layers
         self.num_heads: int = text_config.num_attention_heads
@@ -78,7 +84,7 @@ class PastaModel:
         if unknown:
             raise TypeError(f"PastaModel got unknown argument(s) {sorted(unknown)}; steering settings are "
                             f"{sorted(steering_keywords())}.")
-        head_source = shipped_head_set(self.name) if given.heads is UNSET else given.heads
+        head_source = self.own_head_set("context") if given.heads is UNSET else given.heads
         own = Steering.from_head_set(self.resolve_heads(head_source)) if head_source is not None else Steering()
         self.steering: Steering = BUILT_IN_STEERING.override(own).override(given, heads=own.heads)
         """The model's own settings: a call's are resolved against them (``resolve_steering``)."""
@@ -111,7 +117,9 @@ class PastaModel:
             attn_implementation=steered_implementation(attn_implementation),
             **options,
         )
-        return cls(loaded.model, loaded.tokenizer, steering=steering, name=loaded.name, **steering_fields)
+        identity = profiled.model_identity(loaded.folder) if loaded.folder else None
+        return cls(loaded.model, loaded.tokenizer, steering=steering, name=loaded.name, source=os.fspath(source),
+                   identity=identity, **steering_fields)
 
     @classmethod
     def shared(cls, source: str | os.PathLike = "default", **load_options: Any) -> PastaModel:
@@ -280,17 +288,22 @@ class PastaModel:
     def resolve_heads(self, heads: HeadSetLike) -> HeadSet:
         """A head set checked against this model; ``"context"`` or ``"instructions"`` name its shipped sets."""
         if isinstance(heads, str) and heads in PURPOSES:
-            shipped = shipped_head_set(self.name, heads)
-            if shipped is None:
-                raise HeadSetError(
-                    f"pasta-rag ships no {heads!r} head set for {self.name!r}; pass a head set file or "
-                    "profile one with `pasta-rag profile`."
-                )
-            heads = shipped
+            own = self.own_head_set(heads)
+            if own is None:
+                raise HeadSetError(profiled.missing_message(self.name, self.source, self.model, heads))
+            heads = own
         head_set = as_head_set(heads).resolve(self.num_layers, self.num_heads)
         if not head_set:
             raise HeadSetError("The head set is empty: steering no head changes nothing. Pass steer=False instead.")
         return head_set
+
+    def own_head_set(self, purpose: str = "context") -> HeadSet | None:
+        """The set profiled on this machine for this very model (``pasta-rag profile``), else the one shipped for it.
+
+        A set the user profiled wins: they asked for it, for these weights.
+        """
+        found = profiled.find(self.identity, purpose)
+        return found if found is not None else shipped_head_set(self.name, purpose)
 
     # --- internals ----------------------------------------------------------------------
 

@@ -85,6 +85,8 @@ class LoadedModel:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     name: str
+    folder: Path | None = None
+    """The files it was loaded from (a hub id: its local snapshot), which identify it; None when unknown."""
 
 
 def load(
@@ -121,7 +123,7 @@ def load(
     if device_map is None:
         model.to(device)
     model.eval()
-    return LoadedModel(model, tokenizer, name)
+    return LoadedModel(model, tokenizer, name, _files_of(directory))
 
 
 def _local_directory(source: str | os.PathLike) -> tuple[str, str]:
@@ -141,10 +143,44 @@ def _local_directory(source: str | os.PathLike) -> tuple[str, str]:
         key = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
         return str(_converted(lambda: path, cache_root() / "models" / f"{path.stem}-{key}")), path.stem
     if path.is_dir():
+        check_model_folder(path)
         return str(path), path.name
     if path.exists():
         raise ModelLoadError(f"{path} is a file but not a .gguf file; pass a model directory or a .gguf file.")
     return text, text  # a hub id: from_pretrained tries the network
+
+
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.pt", "*.pth")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json", "spiece.model")
+
+
+def check_model_folder(folder: Path) -> None:
+    """Refuse a folder that is not a transformers model, saying what it lacks, before a tokenizer traceback would."""
+    lacks = []
+    if not (folder / "config.json").is_file():
+        lacks.append("config.json (the model's architecture)")
+    if not any(next(folder.glob(pattern), None) for pattern in WEIGHT_PATTERNS):
+        lacks.append("weights (*.safetensors or pytorch_model*.bin)")
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        lacks.append("a tokenizer (tokenizer.json, tokenizer.model or vocab.json)")
+    if not lacks:
+        return
+    gguf = sorted(folder.glob("*.gguf"))
+    hint = (f" It holds a GGUF file: pass that file instead ({gguf[0]})." if gguf else
+            " Pass a folder written by save_pretrained (model and tokenizer), a .gguf file, 'default' or a hub id.")
+    raise ModelLoadError(f"{folder} is not a model folder: it lacks {'; '.join(lacks)}.{hint}")
+
+
+def _files_of(directory: str) -> Path | None:
+    """The local folder of what was loaded: the directory itself, or a hub model's cached snapshot."""
+    if Path(directory).is_dir():
+        return Path(directory)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(directory, local_files_only=True))
+    except Exception:  # not in the local hub cache: the model has no identity, so no profiled set is looked up
+        return None
 
 
 def _converted(find_gguf: Callable[[], Path], work: Path) -> Path:

@@ -21,7 +21,6 @@ from typing import Any
 from ..emphasis import emphasize
 from ..engine import HeadSetLike, PastaModel
 from ..errors import PastaError
-from ..heads import shipped_head_set
 from ..prompts import PLAIN_FORMAT, PLAIN_NEXT_TURN
 from ..settings import UNSET, Steering
 from . import injection
@@ -291,8 +290,8 @@ def evaluate(
 
 
 def shipped_heads_by_task(model: PastaModel) -> dict[str, HeadSetLike]:
-    """Instruction tasks steered with the model's shipped ``instructions`` set, when it has one."""
-    return {"instruction": "instructions"} if shipped_head_set(model.name, "instructions") else {}
+    """Instruction tasks steered with the model's own ``instructions`` set (profiled or shipped), when it has one."""
+    return {"instruction": "instructions"} if model.own_head_set("instructions") is not None else {}
 
 
 def report_rows(report: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> Iterator[tuple[str, str, Mapping[str, Any]]]:

@@ -20,7 +20,7 @@ the work the variants share:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
@@ -43,18 +43,26 @@ def score_heads(
     alpha: float,
     *,
     layers: Sequence[int] | None = None,
+    heads: Mapping[int, Sequence[int]] | None = None,
     batch_tokens: int = 4096,
     on_layer: LayerDone | None = None,
 ) -> torch.Tensor:
-    """(layers, heads): mean margin gain when each head alone is steered; NaN for layers not asked for."""
+    """(layers, heads): mean margin gain when each head alone is steered; NaN for heads not asked for.
+
+    ``heads`` (``{layer: [heads]}``) scores those heads only (screening's candidates); else every head of ``layers``.
+    """
     decoder_layers = _decoder_layers(model)
     num_layers, num_heads = model.num_layers, model.num_heads
     layers = list(range(num_layers)) if layers is None else list(layers)
+    asked = {layer: list(range(num_heads)) for layer in layers} if heads is None else {
+        layer: sorted(heads[layer]) for layer in sorted(heads) if heads[layer]}
     scores = torch.full((num_layers, num_heads), math.nan)
-    chunks = [_Unsteered.run(model, decoder_layers, chunk) for chunk in _chunks(model, rows, num_heads, batch_tokens)]
-    for layer in layers:
-        gains = [chunk.steered_gains(model, decoder_layers, layer, alpha) for chunk in chunks]  # (rows, heads) each
-        scores[layer] = torch.cat(gains).mean(dim=0)
+    widest = max((len(h) for h in asked.values()), default=1)
+    chunks = [_Unsteered.run(model, decoder_layers, chunk) for chunk in _chunks(model, rows, widest, batch_tokens)]
+    for layer, layer_heads in asked.items():
+        # (rows, len(layer_heads)) each
+        gains = [chunk.steered_gains(model, decoder_layers, layer, alpha, layer_heads) for chunk in chunks]
+        scores[layer, layer_heads] = torch.cat(gains).mean(dim=0)
         if on_layer:
             on_layer(layer, scores[layer])
     return scores
@@ -103,19 +111,20 @@ class _Unsteered:
         return cls(batch, list(layer_inputs), prefix, batch.margin(output.logits[:, -1]))
 
     def steered_gains(
-        self, model: PastaModel, decoder_layers: torch.nn.ModuleList, layer: int, alpha: float
+        self, model: PastaModel, decoder_layers: torch.nn.ModuleList, layer: int, alpha: float,
+        layer_heads: Sequence[int],
     ) -> torch.Tensor:
-        """(rows, heads): the margin gain of steering each head of ``layer`` alone."""
-        heads, batch, start = model.num_heads, self.batch, self.batch.first_affected
+        """(rows, len(layer_heads)): the margin gain of steering each of ``layer_heads`` alone."""
+        heads, batch, start = len(layer_heads), self.batch, self.batch.first_affected
         rows = batch.input_ids.shape[0]
         device = model.device
         state = _OneHeadPerRow(
             batch.unbiased.repeat_interleave(heads, dim=0),  # (rows * heads, length)
             HeadSet.from_layers([layer]),
             alpha,
-            heads,
+            model.num_heads,
             layer=layer,
-            row_heads=torch.arange(heads).repeat(rows),  # row r * heads + h steers head h
+            row_heads=torch.tensor(list(layer_heads)).repeat(rows),  # row r * heads + i steers head layer_heads[i]
         )
         cache = None
         if start:

@@ -140,9 +140,16 @@ def profiled_head_set(
     profile_alpha: float,
     ranked: Sequence[Candidate],
     steer_generated: bool = False,
+    screened: Mapping[str, torch.Tensor] | None = None,
 ) -> HeadSet:
-    """The chosen heads, with the metadata that says how they were found (the ``--heads`` format)."""
+    """The chosen heads, with the metadata that says how they were found (the ``--heads`` format).
+
+    ``screened``: the screening estimates, when only the candidates were scored exactly (the others' exact
+    scores are then null).
+    """
     best = ranked[0]
+    scoring = ("one head steered at a time" if screened is None else
+               "every head screened at once by attribution patching, the candidates then steered one at a time")
     metadata = {
         "model": model_name,
         "alpha": best.alpha,
@@ -150,7 +157,7 @@ def profiled_head_set(
         "generated_alpha": best.generated_alpha,  # stated even when null (= alpha), so it is never inherited
         **({"generated_exponent": best.generated_exponent} if best.generated_alpha is not None else {}),
         "k": best.k,
-        "method": "pasta-rag profile: one head steered at a time, log-prob margin gain per task, "
+        "method": f"pasta-rag profile: {scoring}, log-prob margin gain per task, "
         "intersection of per-task top-k; k, alpha (and generated_alpha) chosen on dev by mean(acc - rep)",
         "profile_alpha": profile_alpha,
         "tasks": {name: {"n": task_sizes[name]} for name in task_scores},
@@ -160,9 +167,16 @@ def profiled_head_set(
             | ({"generated_exponent": c.generated_exponent} if c.generated_exponent != 1 else {})
             for c in ranked
         ],
-        "head_scores": {
-            name: {str(layer): [round(float(s), 4) for s in scores[layer]] for layer in range(scores.shape[0])}
-            for name, scores in task_scores.items()
-        },
+        "head_scores": _score_tables(task_scores),
+        **({"screened_scores": _score_tables(screened)} if screened is not None else {}),
     }
     return HeadSet.from_pairs(best.heads, metadata)
+
+
+def _score_tables(task_scores: Mapping[str, torch.Tensor]) -> dict[str, dict[str, list[float | None]]]:
+    """Per task ``{layer: [score per head]}``, rounded; null for a head not scored."""
+    return {
+        name: {str(layer): [None if math.isnan(float(s)) else round(float(s), 4) for s in scores[layer]]
+               for layer in range(scores.shape[0])}
+        for name, scores in task_scores.items()
+    }

@@ -1,0 +1,83 @@
+"""One head set, start to end: score the heads (screened then rescored, or exactly), choose k and alpha on dev.
+
+``pasta-rag profile`` runs this once per job (or once for the user's own
+tasks); it is here, not in the command, so that the order of the steps is
+read in one place and the command only draws progress bars.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from ...engine import PastaModel
+from ...heads import HeadSet
+from ..evaluation import Example
+from .checkpoint import Checkpoint
+from .run import profile_cost, profile_tasks
+from .screening import candidate_heads, screen_tasks
+from .selection import Candidate, choose_heads, default_ks, profiled_head_set
+
+Stage = Callable[[str, float], Callable[[float], None]]
+"""Opens a progress stage (what it does, its total work) and returns the function that advances it."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a head set is searched for."""
+
+    alpha: float = 0.01
+    """Alpha while scoring single heads (the paper's)."""
+    ks: Sequence[int] | None = None
+    """Top-k sizes tried on dev; None: those keeping 4-24% of the heads."""
+    alphas: Sequence[float] = (0.01, 0.1)
+    steer_generated: bool = False
+    generated_exponents: Sequence[float] = (1.0,)
+    """The first grid uses 1 (or the first given); the others are tried at its best k and alpha."""
+    exact: bool = False
+    """Score every head exactly (the reference) instead of screening then rescoring the candidates."""
+    candidates: float = 3.0
+    """With screening: each task's best ``candidates x (largest k)`` screened heads are rescored exactly."""
+    screening: str = "outputs"
+    """What the screening gates scale: head outputs (attribution patching) or the steering bias (``screening``)."""
+
+
+def profile_head_set(
+    model: PastaModel,
+    tasks: Mapping[str, Sequence[Example]],
+    dev_sets: Mapping[str, Sequence[Example]],
+    plan: Plan,
+    checkpoint: Checkpoint,
+    stage: Stage,
+) -> tuple[HeadSet, list[Candidate]]:
+    """The chosen head set (its metadata says how it was found) and every candidate tried, best first."""
+    layers, heads = model.num_layers, model.num_heads
+    screened = None
+    if plan.exact:
+        advance = stage(f"scoring {layers * heads} heads x {len(tasks)} tasks", profile_cost(layers) * len(tasks))
+        scores = profile_tasks(model, tasks, plan.alpha, checkpoint, advance)
+    else:
+        screened = screen_tasks(model, tasks, plan.alpha, stage(f"screening {layers * heads} heads", len(tasks)),
+                                method=plan.screening)
+        largest = max(plan.ks) if plan.ks else max(default_ks(screened))
+        pool = candidate_heads(screened, min(layers * heads, round(plan.candidates * largest)))
+        advance = stage(f"rescoring {len(pool)} candidates exactly", profile_cost(layers, pool, heads) * len(tasks))
+        scores = profile_tasks(model, tasks, plan.alpha, checkpoint, advance, heads=pool)
+    sizes = list(plan.ks) if plan.ks else default_ks(scores)
+    exponents = list(plan.generated_exponents)
+    first = 1.0 if 1.0 in exponents else exponents[0]
+    dev_examples = sum(len(examples) for examples in dev_sets.values())
+    advance = stage("choosing k and alpha on dev", dev_examples * len(sizes) * len(plan.alphas))
+    ranked = choose_heads(model, scores, dev_sets, sizes, plan.alphas, checkpoint, advance, plan.steer_generated,
+                          [first])
+    others = [exponent for exponent in exponents if exponent != first]
+    if others:
+        best = ranked[0]
+        advance = stage("choosing generated_alpha on dev", dev_examples * len(others))
+        ranked = sorted(ranked + choose_heads(model, scores, dev_sets, [best.k], [best.alpha], checkpoint, advance,
+                                              plan.steer_generated, others),
+                        key=lambda c: (-c.objective, len(c.heads), c.alpha, abs(c.generated_exponent - 1)))
+    sizes_by_task = {name: len(examples) for name, examples in tasks.items()}
+    head_set = profiled_head_set(model.name, scores, sizes_by_task, plan.alpha, ranked, plan.steer_generated,
+                                 screened=screened)
+    return head_set, ranked
