@@ -286,6 +286,21 @@ def _unmarked(value: Any) -> Any:
     return strip_markers(value) if isinstance(value, str) else value
 
 
+def closed_schema(schema: Any) -> Any:
+    """``schema`` with ``additionalProperties: false`` on every object that does not say otherwise (OpenAI's
+    strict mode). The integrations send tools this way by default: under a grammar that allows any extra
+    key, a small model may add some."""
+    if isinstance(schema, list):
+        return [closed_schema(item) for item in schema]
+    if not isinstance(schema, Mapping):
+        return schema
+    result = {key: value if key in ("enum", "const", "default", "examples") else closed_schema(value)
+              for key, value in schema.items()}
+    if result.get("type") == "object" and "additionalProperties" not in result:
+        result["additionalProperties"] = False
+    return result
+
+
 def _content(message: Mapping[str, Any]) -> str:
     content = message.get("content")
     return "" if content is None else content

@@ -24,6 +24,7 @@ from langchain_core.utils.function_calling import convert_to_json_schema, conver
 from langchain_core.utils.pydantic import is_basemodel_subclass
 
 from pasta_rag import Generation
+from pasta_rag.tools import closed_schema
 
 ToolLike = Mapping[str, Any] | type | Callable | BaseTool
 
@@ -38,21 +39,8 @@ def openai_tools(tools: Sequence[ToolLike], strict: bool | None = None) -> list[
     converted = [convert_to_openai_tool(tool) for tool in tools]
     if strict is not False:
         for item in converted:
-            item["function"]["parameters"] = closed(item["function"].get("parameters", {"type": "object"}))
+            item["function"]["parameters"] = closed_schema(item["function"].get("parameters", {"type": "object"}))
     return converted
-
-
-def closed(schema: Any) -> Any:
-    """``schema`` with ``additionalProperties: false`` on every object that does not say otherwise."""
-    if isinstance(schema, list):
-        return [closed(item) for item in schema]
-    if not isinstance(schema, Mapping):
-        return schema
-    result = {key: closed(value) if key not in ("enum", "const", "default", "examples") else value
-              for key, value in schema.items()}
-    if result.get("type") == "object" and "additionalProperties" not in result:
-        result["additionalProperties"] = False
-    return result
 
 
 def core_tool_choice(choice: Any, tools: Sequence[Mapping[str, Any]]) -> str | None:
@@ -129,7 +117,7 @@ def structured_runnable(
     else:
         if method == "json_schema":
             json_schema = convert_to_json_schema(schema)
-            json_schema = json_schema if strict is False else closed(json_schema)
+            json_schema = json_schema if strict is False else closed_schema(json_schema)
             response_format = {"type": "json_schema",
                                "json_schema": {"name": json_schema.get("title", "output"), "schema": json_schema}}
         else:
