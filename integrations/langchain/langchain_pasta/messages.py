@@ -83,6 +83,9 @@ def message_text(message: BaseMessage) -> str:
             parts.append(block.get("text", ""))
         elif isinstance(block, dict) and block.get("type") in ("reasoning", "thinking"):
             continue  # earlier reasoning is not replayed to the model
+        elif isinstance(block, dict) and block.get("type") in ("tool_use", "tool_call") and \
+                isinstance(message, AIMessage) and message.tool_calls:
+            continue  # a provider's copy of a call that message.tool_calls holds, and renders
         else:
             kind = block.get("type") if isinstance(block, dict) else type(block).__name__
             raise ValueError(f"ChatPasta reads text only; a {role_of(message)} message holds a {kind!r} block.")
