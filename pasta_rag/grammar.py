@@ -27,15 +27,11 @@ import numpy as np
 import torch
 from transformers import LogitsProcessor, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria
 
-from .errors import PastaError
+from .errors import GrammarError
 from .tools import CALL_END, CALL_START, ToolUse
 
 COMPACT_JSON = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 """llguidance's JSON options (its ``x-guidance`` key): one way to write each value."""
-
-
-class GrammarError(PastaError):
-    """A schema the grammar library cannot compile, or a response_format that is malformed."""
 
 
 @dataclass(frozen=True)

@@ -28,12 +28,7 @@ import jsonschema
 from transformers import PreTrainedTokenizerBase
 
 from .emphasis import strip_markers
-from .errors import PastaError
-
-
-class ToolError(PastaError):
-    """A tool, a tool choice or a tool-call message is malformed."""
-
+from .errors import ToolError
 
 ToolSchema = Mapping[str, Any]
 """A tool: OpenAI's ``{"type": "function", "function": {"name", "description", "parameters"}}``, or the inner dict."""
