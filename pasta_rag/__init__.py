@@ -6,14 +6,17 @@ from .engine import PastaModel
 from .errors import (
     ContextWindowError,
     EmphasisError,
+    GrammarError,
     HeadSetError,
     ModelLoadError,
     PastaError,
     SteeringError,
+    ToolError,
 )
 from .heads import HeadSet
 from .settings import UNSET, SamplingSettings, Steering
 from .streaming import AsyncTextStream, TextStream
+from .tools import InvalidToolCall, ToolCall
 
 __all__ = [
     "UNSET",
@@ -23,8 +26,10 @@ __all__ = [
     "ContextWindowError",
     "EmphasisError",
     "Generation",
+    "GrammarError",
     "HeadSet",
     "HeadSetError",
+    "InvalidToolCall",
     "ModelLoadError",
     "PastaError",
     "PastaModel",
@@ -32,6 +37,8 @@ __all__ = [
     "Steering",
     "SteeringError",
     "TextStream",
+    "ToolCall",
+    "ToolError",
     "emphasize",
     "has_markers",
     "parse_marked",

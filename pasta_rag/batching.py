@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from . import profiled
 from .emphasis import CONTEXT, INSTRUCTIONS, Span
 from .errors import ContextWindowError, HeadSetError, PastaError
+from .grammar import Constraint, GrammarStop, ResponseFormat, constraint
 from .heads import PURPOSES, HeadSet
 from .prompts import Prompt, RenderedPrompt
 from .relevance import relevant_spans
@@ -27,6 +28,7 @@ from .settings import UNSET, SamplingSettings, Steering
 from .steering import SteeringState
 from .stopping import cut_at_stop
 from .tokens import PromptBatch, encode, pad_left
+from .tools import InvalidToolCall, ToolCall, ToolUse, read_answer
 
 if TYPE_CHECKING:
     from .engine import PastaModel
@@ -41,6 +43,11 @@ class Generation:
     """``stop`` (a stop string or end-of-sequence token) or ``length`` (max_new_tokens reached)."""
     steered: bool
     """Whether any head was steered for this prompt (False when nothing was emphasized)."""
+    tool_calls: tuple[ToolCall, ...] = ()
+    """The calls the model made (``tools=``), parsed and valid against their tool's schema; ``text`` is
+    the answer without them."""
+    invalid_tool_calls: tuple[InvalidToolCall, ...] = ()
+    """Calls it wrote that cannot be run, each with the reason."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,10 @@ class PreparedBatch:
     """One per emphasis group that steers something; none: the plain model (steering off, nothing emphasized)."""
     config: GenerationConfig
     steered_rows: list[bool]
+    tools: ToolUse | None = None
+    """The call's tools: the answers are read for tool calls when they are offered."""
+    constraint: Constraint | None = None
+    """The grammar the answers are decoded under (a forced tool call, a response_format), if any."""
 
     @property
     def state(self) -> SteeringState | None:
@@ -67,6 +78,14 @@ class PreparedBatch:
             "generation_config": self.config,
         }
 
+    def decoding_hooks(self, stopper: StoppingCriteria) -> dict[str, Any]:
+        """The logits processor and stopping criteria of one ``model.generate`` run (fresh grammar state)."""
+        if self.constraint is None:
+            return {"stopping_criteria": StoppingCriteriaList([stopper])}
+        processor = self.constraint.processor(self.batch.input_ids.shape[0], self.batch.prompt_len)
+        return {"logits_processor": LogitsProcessorList([processor]),
+                "stopping_criteria": StoppingCriteriaList([stopper, GrammarStop(processor)])}
+
     def prompt_tokens(self, row: int) -> int:
         return int(self.batch.attention_mask[row].sum())
 
@@ -78,6 +97,8 @@ def prepare(
     spans: Sequence[Sequence[Span] | None] | None,
     steering: Steering,
     sampling: SamplingSettings,
+    tools: ToolUse | None = None,
+    response_format: ResponseFormat | None = None,
 ) -> PreparedBatch:
     """Render, tokenize and pad ``prompts``; ``emphasis`` and ``spans`` are per prompt (or None)."""
     if isinstance(prompts, str) or not prompts:
@@ -85,9 +106,10 @@ def prepare(
     emphasis = _per_prompt(emphasis, len(prompts), "emphasis")
     spans = _per_prompt(spans, len(prompts), "spans")
     call = model.resolve_steering(steering)  # resolved even when nothing is steered: bad input always says so
+    grammar = constraint(model.model, model.tokenizer, tools, response_format)
     encoded = []
     for prompt, row_emphasis, row_spans in zip(prompts, emphasis, spans):
-        rendered = selected(model.render(prompt, emphasis=row_emphasis, spans=row_spans), call)
+        rendered = selected(model.render(prompt, emphasis=row_emphasis, spans=row_spans, tools=tools), call)
         if not rendered.text:
             raise PastaError("The prompt is empty.")
         encoded.append(encode(model.tokenizer, rendered))
@@ -96,7 +118,7 @@ def prepare(
     config = sampling.generation_config(model.model.generation_config, model.pad_token_id)
     states = steering_states(model, batch, call)
     rows = [any(bool(state.emphasized[i].any()) for state in states) for i in range(len(prompts))]
-    return PreparedBatch(batch, states, config, rows)
+    return PreparedBatch(batch, states, config, rows, tools, grammar)
 
 
 def selected(rendered: RenderedPrompt, call: Steering) -> RenderedPrompt:
@@ -185,13 +207,16 @@ def answer_text(model: PastaModel, generated: Sequence[int], stop: Sequence[str]
 
 
 def finish(model: PastaModel, row: torch.Tensor, prompt_tokens: int, sampling: SamplingSettings,
-           steered: bool) -> Generation:
-    """One generated row (its padding and tokens after the end included) as an answer with its counts."""
+           steered: bool, tools: ToolUse | None = None) -> Generation:
+    """One generated row (its padding and tokens after the end included) as an answer with its counts
+    and, when tools were offered, its tool calls."""
     tokens = row.tolist()
     ended = _first_eos(model, tokens)
     completion = tokens[: ended + 1] if ended is not None else [t for t in tokens if t != model.pad_token_id]
     text, stopped = answer_text(model, tokens, sampling.stop)  # type: ignore[arg-type]
-    return Generation(text, prompt_tokens, len(completion), "stop" if stopped else "length", steered)
+    answer = read_answer(text, tools)
+    return Generation(answer.text, prompt_tokens, len(completion), "stop" if stopped else "length", steered,
+                      answer.tool_calls, answer.invalid_tool_calls)
 
 
 def finish_all(model: PastaModel, output: torch.Tensor, prepared: PreparedBatch,
@@ -199,7 +224,7 @@ def finish_all(model: PastaModel, output: torch.Tensor, prepared: PreparedBatch,
     """The answers of a whole ``model.generate`` output (batch, prompt_len + new)."""
     generated = output[:, prepared.batch.prompt_len :].cpu()
     return [
-        finish(model, row, prepared.prompt_tokens(i), sampling, prepared.steered_rows[i])
+        finish(model, row, prepared.prompt_tokens(i), sampling, prepared.steered_rows[i], prepared.tools)
         for i, row in enumerate(generated)
     ]
 

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteriaList
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from . import loading, profiled
 from .batching import Generation, PreparedBatch, check_window, finish_all, prepare
 from .emphasis import Span
 from .errors import HeadSetError, PastaError
+from .grammar import response_format as checked_response_format
 from .heads import PURPOSES, HeadSet, as_head_set, shipped_head_set
 from .prompts import Prompt, RenderedPrompt, render
 from .settings import (
@@ -37,6 +38,7 @@ from .steering import steered_implementation, steering, use_steerable_attention
 from .stopping import StopOnText
 from .streaming import AsyncTextStream, TextStream, stream_text
 from .tokens import pad_token_id
+from .tools import ToolChoiceLike, ToolSchema, ToolUse, tool_use
 
 __all__ = ["DEFAULT_ALPHA", "Generation", "HeadSetLike", "PastaModel", "SamplingKwargs", "SamplingSettings",
            "Steering", "TextStream"]
@@ -166,10 +168,18 @@ class PastaModel:
     # --- public API ---------------------------------------------------------------------
 
     def render(
-        self, prompt: Prompt, *, emphasis: Sequence[str] | None = None, spans: Sequence[Span] | None = None
+        self,
+        prompt: Prompt,
+        *,
+        emphasis: Sequence[str] | None = None,
+        spans: Sequence[Span] | None = None,
+        tools: Sequence[ToolSchema] | ToolUse | None = None,
+        tool_choice: ToolChoiceLike | None = None,
     ) -> RenderedPrompt:
-        """The final prompt text (chat template applied, markers stripped) and its emphasized spans."""
-        return render(self.tokenizer, prompt, emphasis, spans)
+        """The final prompt text (chat template applied, markers stripped) and its emphasized spans;
+        ``.format`` and ``.tool_format`` say how the messages and the tools were written."""
+        use = tools if isinstance(tools, ToolUse) else tool_use(tools, tool_choice)
+        return render(self.tokenizer, prompt, emphasis, spans, use)
 
     def generate(
         self,
@@ -179,6 +189,9 @@ class PastaModel:
         spans: Sequence[Span] | None = None,
         steering: Steering | None = None,
         settings: SamplingSettings | None = None,
+        tools: Sequence[ToolSchema] | None = None,
+        tool_choice: ToolChoiceLike | None = None,
+        response_format: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> Generation:
         """Generate from one prompt: a string (completion) or chat messages (the model's chat template).
@@ -189,6 +202,12 @@ class PastaModel:
         or its fields as keywords:
         max_new_tokens (256), min_new_tokens, temperature (0 = greedy), top_p, top_k,
         repetition_penalty, stop (strings, any number of tokens), seed.
+
+        Tools (``pasta_rag.tools``): ``tools`` are JSON schemas in OpenAI's function format;
+        ``tool_choice`` is "auto" (default), "none", "required" or a tool's name, the last two decoded
+        under a grammar so the call parses. The answer's ``tool_calls`` and ``invalid_tool_calls`` hold
+        what the model called. ``response_format`` (``{"type": "json_schema", "json_schema": {"schema":
+        ...}}`` or ``{"type": "json_object"}``) decodes the answer under a JSON grammar.
         """
         return self.generate_batch(
             [prompt],
@@ -196,6 +215,9 @@ class PastaModel:
             spans=None if spans is None else [spans],
             steering=steering,
             settings=settings,
+            tools=tools,
+            tool_choice=tool_choice,
+            response_format=response_format,
             **options,
         )[0]
 
@@ -207,18 +229,21 @@ class PastaModel:
         spans: Sequence[Sequence[Span] | None] | None = None,
         steering: Steering | None = None,
         settings: SamplingSettings | None = None,
+        tools: Sequence[ToolSchema] | None = None,
+        tool_choice: ToolChoiceLike | None = None,
+        response_format: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> list[Generation]:
-        """Generate for several prompts in one left-padded batch; ``emphasis`` / ``spans`` are per prompt."""
+        """Generate for several prompts in one left-padded batch; ``emphasis`` / ``spans`` are per prompt,
+        the tools and the response format are the whole batch's (see ``generate``)."""
         call_steering, sampling = self._call_settings(steering, settings, options)
-        prepared = prepare(self, prompts, emphasis, spans, call_steering, sampling)
+        prepared = prepare(self, prompts, emphasis, spans, call_steering, sampling, tool_use(tools, tool_choice),
+                           checked_response_format(response_format))
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
         stopper = StopOnText(self.tokenizer, prepared.batch.prompt_len, sampling.stop)
         with torch.no_grad(), _steered(prepared):
-            output = self.model.generate(
-                **prepared.generate_inputs(self.device), stopping_criteria=StoppingCriteriaList([stopper])
-            )
+            output = self.model.generate(**prepared.generate_inputs(self.device), **prepared.decoding_hooks(stopper))
         return finish_all(self, output, prepared, sampling)
 
     def stream(
@@ -229,18 +254,22 @@ class PastaModel:
         spans: Sequence[Span] | None = None,
         steering: Steering | None = None,
         settings: SamplingSettings | None = None,
+        tools: Sequence[ToolSchema] | None = None,
+        tool_choice: ToolChoiceLike | None = None,
+        response_format: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> TextStream:
         """The answer as it is generated, token by token; joined, it equals ``generate(...).text``.
 
         Bad input raises here, before any token. Text that could be the start of a stop string is
         held back until it is known not to be one. Closing the stream early stops the generation;
-        once it is exhausted, ``stream.generation`` holds the token counts and finish reason.
+        once it is exhausted, ``stream.generation`` holds the token counts and finish reason. With tools,
+        the text of a tool call is never streamed: the calls are in ``stream.generation.tool_calls``.
         """
         call_steering, sampling = self._call_settings(steering, settings, options)
         prepared = prepare(
             self, [prompt], None if emphasis is None else [emphasis], None if spans is None else [spans], call_steering,
-            sampling,
+            sampling, tool_use(tools, tool_choice), checked_response_format(response_format),
         )
         return stream_text(self, prepared, sampling)
 

@@ -29,3 +29,11 @@ class SteeringError(PastaError):
 
 class ContextWindowError(PastaError):
     """The prompt plus the tokens to generate do not fit the model's context window."""
+
+
+class ToolError(PastaError):
+    """A tool, a tool choice or a tool-call message is malformed."""
+
+
+class GrammarError(PastaError):
+    """A schema the grammar library cannot compile for constrained decoding, or a malformed response_format."""

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 import torch
-from transformers import StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from .batching import Generation, PreparedBatch, answer_text, finish
 from .settings import SamplingSettings
 from .steering import steering
 from .stopping import StopOnText, safe_prefix_length
+from .tools import ToolUse, read_answer, visible_text
 
 if TYPE_CHECKING:
     from .engine import PastaModel
@@ -62,7 +62,7 @@ def _chunks(model: PastaModel, prepared: PreparedBatch, sampling: SamplingSettin
             with torch.no_grad(), steering(prepared.states):
                 model.model.generate(
                     **prepared.generate_inputs(model.device),
-                    stopping_criteria=StoppingCriteriaList([stopper]),
+                    **prepared.decoding_hooks(stopper),
                     streamer=QueueStreamer(tokens),
                 )
         except BaseException as error:  # handed to the consumer, which re-raises it
@@ -79,24 +79,30 @@ def _chunks(model: PastaModel, prepared: PreparedBatch, sampling: SamplingSettin
             if isinstance(item, BaseException):
                 raise item
             generated.extend(item)
-            text, stopped = answer_text(model, generated, sampling.stop)  # type: ignore[arg-type]
-            visible = len(text) if stopped else safe_prefix_length(text, sampling.stop)
-            if visible > shown:
-                yield text[shown:visible]
-                shown = visible
+            raw, stopped = answer_text(model, generated, sampling.stop)  # type: ignore[arg-type]
             if stopped:
                 break
-        text, _ = answer_text(model, generated, sampling.stop)  # type: ignore[arg-type]
+            text = _shown(raw[: safe_prefix_length(raw, sampling.stop)], prepared.tools)
+            if len(text) > shown:
+                yield text[shown:]
+                shown = len(text)
+        raw, _ = answer_text(model, generated, sampling.stop)  # type: ignore[arg-type]
+        text = read_answer(raw, prepared.tools).text  # tool-call blocks are the Generation's, never the text's
         if len(text) > shown:
             yield text[shown:]
         sink.generation = finish(
             model, torch.tensor(generated, dtype=torch.long), prepared.prompt_tokens(0), sampling,
-            prepared.steered_rows[0],
+            prepared.steered_rows[0], prepared.tools,
         )
     finally:
         cancel.set()
         if worker is not threading.current_thread():  # an unfinished stream may be garbage-collected there
             worker.join()
+
+
+def _shown(text: str, tools: ToolUse | None) -> str:
+    """The part of a streamed answer the caller may see; a tool call being written is held back."""
+    return visible_text(text) if tools is not None and tools.offered else text
 
 
 class QueueStreamer(BaseStreamer):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, model_validator
@@ -38,8 +38,14 @@ SAMPLING_OPTIONS = {"temperature": "temperature", "max_tokens": "max_new_tokens"
                     "top_p": "top_p", "top_k": "top_k", "repetition_penalty": "repetition_penalty", "seed": "seed"}
 """Per-call decoding options, by LangChain name -> SamplingSettings name."""
 
+TOOL_OPTIONS = ("tools", "tool_choice", "response_format")
+"""Per-call options for tool calling and structured output (``bind_tools``, ``with_structured_output``),
+in the core's OpenAI shapes."""
+
 CALL_OPTIONS = frozenset(
     {"emphasis", "spans", "steering", "model", "stream"}  # stream: LangChain's own switch; it never reaches the core
+    | {"ls_structured_output_format"}  # tracing metadata LangChain adds to structured-output calls; never generation
+    | set(TOOL_OPTIONS)
     | set(SAMPLING_OPTIONS)
     | steering_keywords()  # every Steering field is a call option, and so is a field added to it later
 )
@@ -158,8 +164,7 @@ class PastaFields(BaseModel):
         unknown = sorted(set(kwargs) - CALL_OPTIONS)
         if unknown:
             raise TypeError(
-                f"{type(self).__name__} got unknown call option(s) {unknown}; it accepts {sorted(CALL_OPTIONS)}. "
-                "(Tool calling is not supported by this local model.)"
+                f"{type(self).__name__} got unknown call option(s) {unknown}; it accepts {sorted(CALL_OPTIONS)}."
             )
         model = kwargs.get("model")
         if model is not None and model not in (self.model_name, self._engine.name):
@@ -180,7 +185,8 @@ class PastaFields(BaseModel):
         steering = self._field_steering().override(call_steering)
         if not (options["emphasis"] or options.get("spans") or has_markers(marked_text)):
             steering = steering.override(enabled=False)  # nothing marked: the plain model, without the core's warning
-        return CoreRequest(prompt, options["emphasis"], options.get("spans"), steering, self._sampling(stop, options))
+        return CoreRequest(prompt, options["emphasis"], options.get("spans"), steering, self._sampling(stop, options),
+                           {name: options[name] for name in TOOL_OPTIONS if options.get(name) is not None})
 
     def _generate_requests(self, requests: Sequence[CoreRequest]) -> list[Generation]:
         """Run requests with the same settings as one left-padded batch; prefetched results are reused."""
@@ -198,6 +204,7 @@ class PastaFields(BaseModel):
             spans=[r.spans if on else None for r, on in zip(requests, steered)],
             steering=requests[0].steering.override(enabled=any(steered)),
             settings=requests[0].settings,
+            **requests[0].tools,
         )
 
     def _stream_request(self, request: CoreRequest, finished: list[Generation] | None = None) -> Iterator[str]:
@@ -207,7 +214,7 @@ class PastaFields(BaseModel):
         generation starts at the first chunk.
         """
         chunks = self._engine.stream(request.prompt, emphasis=request.emphasis, spans=request.spans,
-                                     steering=request.steering, settings=request.settings)
+                                     steering=request.steering, settings=request.settings, **request.tools)
         return _chunks_of(chunks, finished)
 
     def _streamed_usage(self, request: CoreRequest, text: str, finished: Sequence[Generation] = ()) -> Generation:
@@ -217,7 +224,8 @@ class PastaFields(BaseModel):
         if finished:
             return finished[-1]
         engine = self._engine
-        rendered = engine.render(request.prompt, emphasis=request.emphasis, spans=request.spans)
+        rendered = engine.render(request.prompt, emphasis=request.emphasis, spans=request.spans,
+                                 tools=request.tools.get("tools"), tool_choice=request.tools.get("tool_choice"))
         prompt_tokens = len(engine.tokenizer(rendered.text, add_special_tokens=rendered.add_special_tokens)["input_ids"])
         completion_tokens = len(engine.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
         finish = "length" if completion_tokens >= request.settings.max_new_tokens else "stop"
@@ -275,10 +283,12 @@ class CoreRequest:
     spans: Any
     steering: Steering
     settings: SamplingSettings
+    tools: Mapping[str, Any] = field(default_factory=dict)
+    """The core's tools, tool_choice and response_format, those given."""
 
     def key(self) -> str:
-        return repr((self.prompt, self.emphasis, self.spans, self.steering, self.settings))
+        return repr((self.prompt, self.emphasis, self.spans, self.steering, self.settings, self.tools))
 
     def batch_key(self) -> str:
         """Requests with the same batch key can share one generate_batch call (steered or not, per row)."""
-        return repr((self.steering.override(enabled=True), self.settings))
+        return repr((self.steering.override(enabled=True), self.settings, self.tools))

@@ -15,10 +15,12 @@ from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackMana
 from langchain_core.language_models import LanguageModelInput
 from langchain_core.language_models.base import LangSmithParams
 from langchain_core.language_models.chat_models import BaseChatModel, agenerate_from_stream, generate_from_stream
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.language_models.model_profile import ModelProfile
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, convert_to_messages
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables import Runnable, RunnableConfig
+from pydantic import BaseModel
 
 from pasta_rag import Generation
 from pasta_rag.streaming import iterate_in_thread
@@ -26,6 +28,7 @@ from pasta_rag.streaming import iterate_in_thread
 from ._common import CoreRequest, PastaFields
 from .batching import prefetch, reset_prefetched, use_prefetched
 from .messages import to_core_messages
+from .tools import ToolLike, call_chunks, core_tool_choice, message_of, openai_tools, structured_runnable
 
 
 class ChatPasta(PastaFields, BaseChatModel):
@@ -64,6 +67,20 @@ class ChatPasta(PastaFields, BaseChatModel):
         .. code-block:: python
 
             chain = {"context": retriever | format_docs, "question": RunnablePassthrough()} | prompt | chat
+
+    Tool calling:
+        .. code-block:: python
+
+            chat.bind_tools([get_weather], tool_choice="any").invoke("Weather in Paris?").tool_calls
+
+        A forced choice ("any" / "required" / a tool's name) is decoded under a JSON grammar, so even
+        the 135M default model's call parses and matches the tool's schema; "auto" lets the model decide.
+
+    Structured output:
+        .. code-block:: python
+
+            chat.with_structured_output(Person).invoke("Ann is 31.")   # method="json_schema" (default),
+                                                                       # "function_calling" or "json_mode"
     """
 
     pin_system: bool = False
@@ -94,11 +111,11 @@ class ChatPasta(PastaFields, BaseChatModel):
 
     def _request(self, messages: Sequence[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> CoreRequest:
         core_messages = to_core_messages(messages, pin_system=self.pin_system)
-        marked = "".join(message["content"] for message in core_messages)
+        marked = "".join(m["content"] or "" for m in core_messages if m["role"] != "tool")  # a result is never marked
         return self._core_request(core_messages, marked, stop, kwargs)
 
     def _result(self, generation: Generation) -> ChatResult:
-        message = AIMessage(content=generation.text, usage_metadata=_usage(generation))
+        message = message_of(generation, usage_metadata=_usage(generation))
         info = _generation_info(generation, self.model_name)
         return ChatResult(
             generations=[ChatGeneration(message=message, generation_info=info)],
@@ -170,12 +187,73 @@ class ChatPasta(PastaFields, BaseChatModel):
         yield await asyncio.to_thread(self._last_chunk, request, "".join(pieces), finished)
 
     def _last_chunk(self, request: CoreRequest, text: str, finished: list[Generation]) -> ChatGenerationChunk:
-        """The closing chunk: no text, the usage counts and the finish reason (set once per answer)."""
+        """The closing chunk: no text, the tool calls (as tool_call_chunks), the usage counts and the
+        finish reason (set once per answer)."""
         generation = self._streamed_usage(request, text, finished)
+        calls = call_chunks(generation)
         return ChatGenerationChunk(
-            message=AIMessageChunk(content="", chunk_position="last", usage_metadata=_usage(generation)),
+            message=AIMessageChunk(content="", chunk_position="last", usage_metadata=_usage(generation),
+                                   tool_call_chunks=calls.tool_call_chunks if calls else []),
             generation_info=_generation_info(generation, self.model_name),
         )
+
+    # --- tools, structured output, tokens ------------------------------------------------
+
+    def bind_tools(
+        self,
+        tools: Sequence[ToolLike],
+        *,
+        tool_choice: str | dict | bool | None = None,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Offer ``tools`` on every call. ``tool_choice``: "auto" (default; the model decides), "none",
+        "any" / "required" (a call to some tool), a bound tool's name (that tool), or True (the only one).
+        The tools' objects take only the keys they list unless ``strict=False``."""
+        formatted = openai_tools(tools, strict)
+        choice = core_tool_choice(tool_choice, formatted)
+        if choice is not None:
+            kwargs["tool_choice"] = choice
+        return super().bind(tools=formatted, **kwargs)
+
+    def with_structured_output(
+        self,
+        schema: dict | type,
+        *,
+        method: str = "json_schema",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict | BaseModel]:
+        """Answers as ``schema`` (a pydantic model, a TypedDict or a JSON schema), decoded under its grammar.
+
+        ``method``: "json_schema" (default; the answer is the JSON), "function_calling" (a forced call of
+        a tool with that schema) or "json_mode" (any JSON object, parsed into the schema).
+        ``include_raw=True`` returns ``{"raw", "parsed", "parsing_error"}``. The schema's objects take only
+        the keys they list unless ``strict=False``.
+        """
+        return structured_runnable(self, schema, method, include_raw, strict, kwargs)
+
+    def get_token_ids(self, text: str) -> list[int]:
+        """The model's own tokens (no special tokens), not GPT-2's."""
+        return self._engine.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def get_num_tokens_from_messages(
+        self, messages: list[BaseMessage], tools: Sequence[ToolLike] | None = None
+    ) -> int:
+        """The exact prompt length: the messages (and tools) rendered as the model reads them."""
+        engine = self._engine
+        rendered = engine.render(to_core_messages(convert_to_messages(messages), pin_system=self.pin_system),
+                                 tools=openai_tools(tools) if tools else None)
+        return len(engine.tokenizer(rendered.text, add_special_tokens=rendered.add_special_tokens)["input_ids"])
+
+    def _resolve_model_profile(self) -> ModelProfile | None:
+        if self.engine is None:
+            return None
+        return ModelProfile(max_input_tokens=self.engine.context_window, text_inputs=True, text_outputs=True,
+                            image_inputs=False, audio_inputs=False, video_inputs=False, pdf_inputs=False,
+                            tool_calling=True, tool_choice=True, tool_call_streaming=False,
+                            structured_output=True, open_weights=True)
 
     # --- real batching -------------------------------------------------------------------
 

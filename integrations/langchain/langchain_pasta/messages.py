@@ -10,6 +10,9 @@ Pinned text is the ``instructions`` emphasis group, steered with the model's
 instructions head set; documents already emphasized inside a pinned message
 (``format_docs`` output formatted into a system prompt) stay in their own group,
 so the instructions heads are never steered toward untrusted text.
+
+Tool calls travel as the core's ``tool_calls`` of an assistant message and tool results as ``tool``
+messages; a tool result is untrusted text, so pinning one is refused and the core strips its markers.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ def pin(message: MessageT, emphasis: bool | Sequence[str] = True) -> MessageT:
     """
     if not isinstance(message, BaseMessage):
         raise TypeError(f"pin() takes a LangChain message, got {type(message).__name__}.")
+    if isinstance(message, (ToolMessage, FunctionMessage)):
+        raise TypeError("A tool result is untrusted text and is never emphasized; pin the instructions instead.")
     flag = _checked_flag(emphasis)
     return message.model_copy(update={"additional_kwargs": {**message.additional_kwargs, EMPHASIS_KEY: flag}})
 
@@ -78,14 +83,18 @@ def message_text(message: BaseMessage) -> str:
             parts.append(block.get("text", ""))
         elif isinstance(block, dict) and block.get("type") in ("reasoning", "thinking"):
             continue  # earlier reasoning is not replayed to the model
+        elif isinstance(block, dict) and block.get("type") in ("tool_use", "tool_call") and \
+                isinstance(message, AIMessage) and message.tool_calls:
+            continue  # a provider's copy of a call that message.tool_calls holds, and renders
         else:
             kind = block.get("type") if isinstance(block, dict) else type(block).__name__
             raise ValueError(f"ChatPasta reads text only; a {role_of(message)} message holds a {kind!r} block.")
     return "".join(parts)
 
 
-def to_core_messages(messages: Sequence[BaseMessage], *, pin_system: bool = False) -> list[dict[str, str]]:
-    """Role/content dicts for the core, with pinned messages in the instructions group."""
+def to_core_messages(messages: Sequence[BaseMessage], *, pin_system: bool = False) -> list[dict[str, Any]]:
+    """Role/content dicts for the core, with pinned messages in the instructions group, an AI message's
+    tool calls as its ``tool_calls`` and a tool result's call id."""
     if not messages:
         raise ValueError("ChatPasta got no messages.")
     converted = []
@@ -95,8 +104,18 @@ def to_core_messages(messages: Sequence[BaseMessage], *, pin_system: bool = Fals
         if flag is None and pin_system and isinstance(message, SystemMessage):
             flag = True
         if flag:
+            if isinstance(message, (ToolMessage, FunctionMessage)):
+                raise ValueError("A tool result is untrusted text and is never emphasized; it carries a pin.")
             text = _emphasized(text, _checked_flag(flag))
-        converted.append({"role": role_of(message), "content": text})
+        core: dict[str, Any] = {"role": role_of(message), "content": text}
+        if isinstance(message, AIMessage) and message.tool_calls:
+            core["tool_calls"] = [{"id": call.get("id") or "", "name": call["name"], "arguments": call["args"]}
+                                  for call in message.tool_calls]
+        if isinstance(message, ToolMessage):
+            core["tool_call_id"] = message.tool_call_id
+        if isinstance(message, (ToolMessage, FunctionMessage)) and message.name:
+            core["name"] = message.name
+        converted.append(core)
     return converted
 
 

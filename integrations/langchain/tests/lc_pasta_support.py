@@ -35,3 +35,12 @@ def sent(kwargs: dict, name: str):
 
     value = getattr(kwargs["steering"], name)
     return None if value is UNSET else value
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_tool_engine() -> PastaModel:
+    """A tiny random Llama over a byte-level tokenizer (the core's tiny_bytes): JSON it writes decodes
+    exactly, so tool calls and structured output can be read back."""
+    from tiny_bytes import byte_model, byte_tokenizer
+
+    return PastaModel(byte_model(), byte_tokenizer(), heads=TINY_HEADS)

@@ -436,7 +436,7 @@ def test_remote_only_parameters_are_accepted_and_ignored(tiny_engine):
 
 def test_bad_calls_are_clear_errors(chat):
     with pytest.raises(TypeError, match="unknown call option"):
-        chat.invoke(MESSAGES, tools=[{"name": "x"}])
+        chat.invoke(MESSAGES, functions=[{"name": "x"}])
     with pytest.raises(ValueError, match="serves the loaded model"):
         chat.invoke(MESSAGES, model="some-other-model")
     with pytest.raises(ValueError, match="reads text only"):

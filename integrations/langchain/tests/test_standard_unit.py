@@ -19,5 +19,21 @@ class TestChatPastaUnit(ChatModelUnitTests):
         return {"model": tiny_engine()}
 
     @property
+    def has_tool_calling(self) -> bool:
+        return True
+
+    @property
+    def has_tool_choice(self) -> bool:
+        return True
+
+    @property
+    def has_structured_output(self) -> bool:
+        return True
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return True
+
+    @property
     def supports_model_override(self) -> bool:
         return False  # one loaded model per instance; another model is another ChatPasta

@@ -57,7 +57,7 @@ def test_is_a_llama_index_llm_with_metadata(tiny_core):
     assert llm.pasta_model is tiny_core
     meta = llm.metadata
     assert (meta.context_window, meta.num_output, meta.is_chat_model, meta.model_name) == (1000, 8, True, "tiny-llama")
-    assert not meta.is_function_calling_model
+    assert meta.is_function_calling_model
     assert make_llm(tiny_core).metadata.context_window == tiny_core.context_window == 4096
     assert PastaLLM.class_name() == "PastaLLM"
     assert llm.to_dict()["max_new_tokens"] == 8

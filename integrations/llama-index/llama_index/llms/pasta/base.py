@@ -26,25 +26,29 @@ from llama_index.core.base.llms.types import (
     CompletionResponseGen,
     LLMMetadata,
     MessageRole,
+    ToolCallBlock,
 )
 from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_serializer, field_validator
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
-from llama_index.core.llms.llm import default_completion_to_prompt
+from llama_index.core.llms.function_calling import FunctionCallingLLM
+from llama_index.core.llms.llm import ToolSelection, default_completion_to_prompt
+from llama_index.core.tools.types import BaseTool
 from pydantic import SkipValidation
 
 from pasta_rag import PastaModel, SamplingSettings, Steering
 from pasta_rag.prompts import Prompt
 from pasta_rag.settings import steering_keywords
+from pasta_rag.tools import closed_schema
 
 from . import responses
 from .loading import core_model, use_model_tokenizer
 from .messages import core_messages, is_marked, system_message
-from .options import DECODING_OPTIONS, call_emphasis, call_sampling, call_steering, check_call_options
+from .options import DECODING_OPTIONS, TOOL_OPTIONS, call_emphasis, call_sampling, call_steering, check_call_options
 from .templates import DEFAULT_CONTEXT_VARIABLES, TemplateEmphasis
 
 
-class PastaLLM(TemplateEmphasis, CustomLLM):
+class PastaLLM(TemplateEmphasis, CustomLLM, FunctionCallingLLM):
     """A local model steered toward the retrieved context (PASTA), for LlamaIndex.
 
     Examples:
@@ -209,7 +213,7 @@ class PastaLLM(TemplateEmphasis, CustomLLM):
             context_window=self.context_window,
             num_output=self.max_new_tokens,
             is_chat_model=self.is_chat_model,
-            is_function_calling_model=False,
+            is_function_calling_model=True,
             model_name=self.model_name,
             system_role=MessageRole.SYSTEM,
         )
@@ -251,7 +255,8 @@ class PastaLLM(TemplateEmphasis, CustomLLM):
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         conversation, options = self._chat_call(messages, kwargs)
-        return responses.stream_responses(self._model.stream(conversation, **options), responses.chat_delta)
+        return responses.stream_responses(self._model.stream(conversation, **options), responses.chat_delta,
+                                          responses.last_chat_delta)
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
@@ -261,7 +266,66 @@ class PastaLLM(TemplateEmphasis, CustomLLM):
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         conversation, options = self._chat_call(messages, kwargs)
-        return responses.astream_responses(self._model.astream(conversation, **options), responses.chat_delta)
+        return responses.astream_responses(self._model.astream(conversation, **options), responses.chat_delta,
+                                           responses.last_chat_delta)
+
+    # --- tools (FunctionCallingLLM) ---------------------------------------------------------
+
+    def _prepare_chat_with_tools(
+        self,
+        tools: Sequence[BaseTool],
+        user_msg: str | ChatMessage | None = None,
+        chat_history: list[ChatMessage] | None = None,
+        verbose: bool = False,
+        allow_parallel_tool_calls: bool = False,
+        tool_required: bool = False,
+        tool_choice: str | None = None,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """``chat``'s arguments for ``chat_with_tools``: the tools as OpenAI function schemas, and the
+        choice: ``tool_required`` forces a call (decoded under a grammar, so it parses), ``tool_choice``
+        ("auto", "none", "required" or a tool's name) says it outright. The tools' objects take only the
+        keys they list unless ``strict=False``."""
+        if tool_required and tool_choice not in (None, "required"):
+            raise ValueError(f"Pass tool_required=True or tool_choice={tool_choice!r}, not both.")
+        messages = list(chat_history or [])
+        if user_msg is not None:
+            messages.append(ChatMessage(role=MessageRole.USER, content=user_msg) if isinstance(user_msg, str)
+                            else user_msg)
+        schemas = [tool.metadata.to_openai_tool(skip_length_check=True) for tool in tools]
+        if strict is not False:
+            schemas = [closed_schema(schema) for schema in schemas]
+        choice = tool_choice or ("required" if tool_required else "auto")
+        return {"messages": messages, "tools": schemas, "tool_choice": choice, **kwargs}
+
+    def _validate_chat_with_tools_response(
+        self,
+        response: ChatResponse,
+        tools: Sequence[BaseTool],
+        allow_parallel_tool_calls: bool = False,
+        **kwargs: Any,
+    ) -> ChatResponse:
+        """Without ``allow_parallel_tool_calls``, only the first call is kept (as LlamaIndex's other LLMs do)."""
+        if not allow_parallel_tool_calls:
+            calls = [b for b in response.message.blocks if isinstance(b, ToolCallBlock)]
+            for extra in calls[1:]:
+                response.message.blocks.remove(extra)
+        return response
+
+    def get_tool_calls_from_response(
+        self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
+    ) -> list[ToolSelection]:
+        """The answer's tool calls; none is an error unless ``error_on_no_tool_call=False``. Calls that cannot
+        run are in ``response.raw["invalid_tool_calls"]``, with the reason."""
+        calls = [b for b in response.message.blocks if isinstance(b, ToolCallBlock)]
+        if not calls and error_on_no_tool_call:
+            invalid = (response.raw or {}).get("invalid_tool_calls") if isinstance(response.raw, Mapping) else None
+            detail = f" The calls it wrote could not run: {invalid}." if invalid else ""
+            raise ValueError(f"The model called no tool.{detail} Pass tool_required=True to force a call.")
+        return [ToolSelection(tool_id=c.tool_call_id or "", tool_name=c.tool_name,
+                              tool_kwargs=c.tool_kwargs if isinstance(c.tool_kwargs, dict) else {})
+                for c in calls]
 
     # --- from LlamaIndex's call to the core's ----------------------------------------------
 
@@ -291,7 +355,8 @@ class PastaLLM(TemplateEmphasis, CustomLLM):
         check_call_options(kwargs)
         emphasis = call_emphasis(kwargs)
         steering = self._steering(kwargs, marked=is_marked(prompt) or bool(emphasis))
-        return {"emphasis": emphasis, "steering": steering, "settings": self._sampling(kwargs)}
+        tools = {name: kwargs[name] for name in TOOL_OPTIONS if kwargs.get(name) is not None}
+        return {"emphasis": emphasis, "steering": steering, "settings": self._sampling(kwargs), **tools}
 
     def _steering(self, kwargs: dict[str, Any], marked: bool) -> Steering:
         shortcuts = {name: getattr(self, name) for name in steering_keywords() if name in type(self).model_fields}

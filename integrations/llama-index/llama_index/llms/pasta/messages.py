@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from llama_index.core.base.llms.types import AudioBlock, ChatMessage, DocumentBlock, ImageBlock, MessageRole, VideoBlock
+from llama_index.core.base.llms.types import (
+    AudioBlock,
+    ChatMessage,
+    DocumentBlock,
+    ImageBlock,
+    MessageRole,
+    ToolCallBlock,
+    VideoBlock,
+)
 
 from pasta_rag import has_markers
 from pasta_rag.emphasis import INSTRUCTIONS, emphasize_unmarked
@@ -13,9 +22,11 @@ from pasta_rag.prompts import Prompt
 _MEDIA_BLOCKS = (ImageBlock, AudioBlock, VideoBlock, DocumentBlock)
 
 
-def core_messages(messages: Sequence[ChatMessage], pin_system: bool, model_name: str) -> list[dict[str, str]]:
+def core_messages(messages: Sequence[ChatMessage], pin_system: bool, model_name: str) -> list[dict[str, Any]]:
     """The conversation as role/content dicts; with ``pin_system`` every system message is pinned (the
-    instructions group).
+    instructions group). An assistant message's tool calls (``ToolCallBlock``s) become the core's
+    ``tool_calls``, a tool message's ``additional_kwargs["tool_call_id"]`` its call id; the core strips
+    the markers of tool results (untrusted text).
 
     The models are text-only: a media block is refused rather than silently dropped.
     """
@@ -32,7 +43,14 @@ def core_messages(messages: Sequence[ChatMessage], pin_system: bool, model_name:
         content = message.content or ""
         if role == MessageRole.SYSTEM.value and pin_system:
             content = emphasize_unmarked(content, INSTRUCTIONS)  # a context chat engine's documents stay context
-        converted.append({"role": role, "content": content})
+        core: dict[str, Any] = {"role": role, "content": content}
+        calls = [block for block in message.blocks if isinstance(block, ToolCallBlock)]
+        if calls:
+            core["tool_calls"] = [{"id": c.tool_call_id or "", "name": c.tool_name, "arguments": c.tool_kwargs}
+                                  for c in calls]
+        if role == MessageRole.TOOL.value and message.additional_kwargs.get("tool_call_id"):
+            core["tool_call_id"] = message.additional_kwargs["tool_call_id"]
+        converted.append(core)
     return converted
 
 
@@ -45,4 +63,4 @@ def is_marked(prompt: Prompt) -> bool:
     """Whether the prompt (a string or role/content dicts) emphasizes anything."""
     if isinstance(prompt, str):
         return has_markers(prompt)
-    return any(has_markers(message["content"]) for message in prompt)
+    return any(has_markers(message["content"] or "") for message in prompt if message["role"] != "tool")

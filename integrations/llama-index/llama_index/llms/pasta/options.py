@@ -17,9 +17,13 @@ from pasta_rag.settings import CHAIN_STEERING, split_options, steering_keywords
 DECODING_OPTIONS = frozenset(f.name for f in dataclasses.fields(SamplingSettings))
 """The decoding settings a call may override (``max_new_tokens``, ``temperature``, ``stop``, ...)."""
 
-CALL_OPTIONS = frozenset(steering_keywords() | {"steering"} | DECODING_OPTIONS | {"emphasis"})
+TOOL_OPTIONS = frozenset({"tools", "tool_choice"})
+"""The core's tool options (OpenAI function schemas, "auto" / "none" / "required" / a name), which
+``chat_with_tools`` passes to ``chat``."""
+
+CALL_OPTIONS = frozenset(steering_keywords() | {"steering"} | DECODING_OPTIONS | {"emphasis"} | TOOL_OPTIONS)
 """Keyword arguments ``complete`` / ``chat`` and their variants accept, overriding the fields per call:
-every steering setting (or ``steering=Steering(...)``), every decoding setting, and ``emphasis``."""
+every steering setting (or ``steering=Steering(...)``), every decoding setting, ``emphasis``, and the tools."""
 
 
 def check_call_options(options: Mapping[str, Any]) -> None:
