@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from tiny import char_tokenizer, tiny_model
+from tiny import saved_tiny_model
 from typer.testing import CliRunner
 
 from pasta_rag.cli import app
@@ -16,9 +16,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model("llama").save_pretrained(folder)
-    char_tokenizer().save_pretrained(folder)
+    folder = saved_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
     (folder / "heads.json").write_text(json.dumps({"1": [0, 2], "2": [1]}))
     return folder
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from tiny import char_tokenizer, tiny_model
+from tiny import char_tokenizer, saved_tiny_model, tiny_model
 from typer.testing import CliRunner
 
 from pasta_rag import UNSET, Generation, PastaError, PastaModel, Steering, parse_marked, strip_markers
@@ -150,9 +150,7 @@ def test_the_shipped_instructions_set_is_used_where_a_model_has_one():
 
 def tiny_model_folder(tmp_path):
     """A saved tiny Llama with its tokenizer and a head set file, for the command line to load."""
-    folder = tmp_path / "tiny"
-    tiny_model("llama").save_pretrained(folder)
-    char_tokenizer().save_pretrained(folder)
+    folder = saved_tiny_model(tmp_path / "tiny")
     (folder / "heads.json").write_text("[1]")
     return folder
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import string
+from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, models
@@ -88,3 +89,10 @@ STEERING_SAMPLES = {"heads": [0], "alpha": 0.05, "steer_generated": True, "gener
                     "select": "relevant", "groups": {"instructions": Steering(heads=[0], alpha=0.05)}}
 """One value per ``pasta_rag.Steering`` field that differs from its default, for the tests that show every
 field reaches the core (core, LangChain, LlamaIndex): a field added without a sample here fails them."""
+
+
+def saved_tiny_model(folder: Path, architecture: str = "llama") -> Path:
+    """A tiny model and its tokenizer saved to ``folder``: what the command line loads as a local model."""
+    tiny_model(architecture).save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    return folder

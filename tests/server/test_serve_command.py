@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
-from tiny import char_tokenizer, tiny_model
+from tiny import saved_tiny_model
 from typer.testing import CliRunner
 
 from pasta_rag.cli import app
@@ -15,10 +15,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model("llama").save_pretrained(folder)
-    char_tokenizer().save_pretrained(folder)
-    return folder
+    return saved_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture
