@@ -38,6 +38,13 @@ _FORGED_STRUCTURE = re.compile(
     r"^\W*(?:correction|update|erratum|note|reminder|p\.?s\.?|important|urgent|attention|warning|notice)\s*[:!]",
     re.I,
 )
+_FORGED_LINE = re.compile(
+    r"^\s*(?:\{.*\"\w+\"\s*:|\[/?[\w ]*(?:tool|result|output|response|system)[\w ]*\]|</?\w*(?:tool|function)\w*>|"
+    r"(?:tool|function)\s+(?:call|output|result|response)\b)",
+    re.I,
+)
+"""A line that forges a tool result: a JSON record, a ``[TOOL RESULT]`` or ``<tool_response>`` tag, a "Tool output"
+label. Its sentences are all left out, however harmless each reads alone."""
 _ADDRESSES_MODEL = re.compile(r"\b(?:you|your)\b.*\b(?:must|should|need to|have to|will|are to|answer|reply|say)\b",
                               re.I)
 
@@ -64,11 +71,17 @@ def sentence_spans(text: str) -> list[Span]:
     return spans
 
 
+def forged_lines(text: str) -> list[Span]:
+    """The lines of ``text`` that forge a tool result, as character ranges."""
+    return [match.span() for match in re.finditer(r"[^\n]+", text) if _FORGED_LINE.match(match.group())]
+
+
 def fact_spans(text: str) -> list[Span]:
     """The sentences of ``text`` that do not look like instructions, neighbours joined into one range."""
     kept: list[Span] = []
+    forged = forged_lines(text)
     for start, end in sentence_spans(text):
-        if looks_like_instruction(text[start:end]):
+        if looks_like_instruction(text[start:end]) or any(a <= start < b for a, b in forged):
             continue
         if kept and not text[kept[-1][1] : start].strip():
             kept[-1] = (kept[-1][0], end)
