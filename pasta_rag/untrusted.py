@@ -90,6 +90,12 @@ def fact_spans(text: str) -> list[Span]:
     return kept
 
 
+def unemphasized(text: str) -> str:
+    """Untrusted ``text`` that is not to be emphasized: its markers removed, the whole marked untrusted, so that
+    no pin of the message it ends up in takes it in."""
+    return mark_untrusted(strip_markers(text))
+
+
 def emphasize_facts(text: str, group: str = CONTEXT) -> str:
     """``text`` with its markers removed and every sentence but the instruction-like ones emphasized.
 

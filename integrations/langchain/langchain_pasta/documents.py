@@ -31,7 +31,7 @@ from langchain_core.prompts import BasePromptTemplate, PromptTemplate, format_do
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
 
 from pasta_rag import emphasize, strip_markers
-from pasta_rag.untrusted import emphasize_facts
+from pasta_rag.untrusted import emphasize_facts, unemphasized
 
 DEFAULT_SEPARATOR = "\n\n"
 
@@ -46,8 +46,8 @@ def emphasize_documents(docs: Sequence[Document], skip_instructions: bool = True
     """Copies of the documents with their text emphasized (instruction-like sentences left out, as
     ``format_docs`` does), for chains that format documents themselves (``create_stuff_documents_chain``
     and the like): put it between the retriever and that chain."""
-    mark = emphasize_facts if skip_instructions else emphasize
-    return [doc.model_copy(update={"page_content": mark(doc.page_content)}) for doc in _checked(docs)]
+    return [doc.model_copy(update={"page_content": _emphasized(doc.page_content, skip_instructions)})
+            for doc in _checked(docs)]
 
 
 class PastaDocumentFormatter(RunnableSerializable[Sequence[Document], str]):
@@ -79,10 +79,18 @@ class PastaDocumentFormatter(RunnableSerializable[Sequence[Document], str]):
                 metadata={k: strip_markers(v) if isinstance(v, str) else v for k, v in doc.metadata.items()},
             )
             entry = format_document(safe, prompt)
-            chosen = self.emphasize and (self.emphasis == "all" or rank == 0)
-            marked = (emphasize_facts if self.skip_instructions else emphasize)(entry)
-            entries.append(marked if chosen else entry)
+            if not self.emphasize:  # plain text, for any model: no marker at all
+                entries.append(entry)
+            elif self.emphasis == "all" or rank == 0:
+                entries.append(_emphasized(entry, self.skip_instructions))
+            else:  # left unemphasized, and marked untrusted so that no pin takes it in
+                entries.append(unemphasized(entry))
         return self.separator.join(entries)
+
+
+def _emphasized(text: str, skip_instructions: bool) -> str:
+    """A document's text emphasized: its facts only, or (``skip_instructions=False``) the whole of it."""
+    return emphasize_facts(text) if skip_instructions else emphasize(text)
 
 
 def _checked(docs: Sequence[Document] | Document) -> list[Document]:

@@ -18,7 +18,7 @@ from llama_index.core.types import Model
 
 from pasta_rag import emphasize, strip_markers
 from pasta_rag.emphasis import INSTRUCTIONS, emphasize_unmarked
-from pasta_rag.untrusted import emphasize_facts
+from pasta_rag.untrusted import emphasize_facts, unemphasized
 
 DEFAULT_CONTEXT_VARIABLES = ("context_str", "context_msg", "existing_answer")
 """The template variables LlamaIndex's synthesizers and chat engines use for retrieved text
@@ -70,7 +70,7 @@ def mark_template(
     if not names:
         return prompt, prompt_args
     def marked(values: dict[str, Any]) -> dict[str, Any]:
-        return {k: mark_value(k, v) if emphasize_context else strip_markers(v)
+        return {k: mark_value(k, v) if emphasize_context else unemphasized(v)
                 for k, v in values.items() if k in names and isinstance(v, str) and v}
 
     args = {**prompt_args, **marked(prompt_args)}
