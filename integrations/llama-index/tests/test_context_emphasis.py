@@ -204,8 +204,11 @@ def test_context_chat_engine_with_postprocessor_and_pinned_instructions(tiny_cor
     assert call.is_emphasized("Answer in one word.", "instructions") and not call.is_emphasized(QUERY)
     # with context emphasis off, the retrieved nodes in the pinned system message are not pinned either
     unmarked = make_llm(tiny_core, context_window=4096, emphasize_system_prompt=True, emphasize_context=False)
-    index.as_chat_engine(chat_mode="context", llm=unmarked, system_prompt="Answer in one word.").chat(QUERY)
-    assert not spy.calls[-1].is_emphasized(PASSAGES[0].strip()[:40], "instructions")
+    # (MockEmbedding ties every node, so which two are retrieved is arbitrary: check the ones that were)
+    plain = index.as_chat_engine(chat_mode="context", llm=unmarked, system_prompt="Answer in one word.").chat(QUERY)
+    assert plain.source_nodes
+    for node in plain.source_nodes:
+        assert not spy.calls[-1].is_emphasized(node.node.get_content().strip()[:40], "instructions")
     # the retrieved nodes inside the pinned system message stay context, and only context (issue 5)
     for node in response.source_nodes:
         text = node.node.get_content().strip()
