@@ -5,7 +5,8 @@ They go into a real vector store (all-MiniLM-L6-v2 from the packaged wheel, Lang
 InMemoryVectorStore); the README's chain (retriever | format_docs -> prompt -> ChatPasta) answers the
 record's question with top-k retrieval. Variants differ only in what ``format_docs`` emphasizes.
 ``demoted`` moves the contradicting passage to rank 2, 3 or 4 of what was retrieved (a weaker retriever):
-a choice that trusts the retriever's first document fails there. ``control`` replaces the contradicting
+a choice that trusts the retriever's first document fails there. ``repeated`` puts the contradicting passage in
+two or three documents (2-3 relevant passages retrieved, not one). ``control`` replaces the contradicting
 fact by the true one: steering must not cost answers there.
 
     python benchmarks/rag_chains.py --split test --k 4 --out benchmarks/results/rag_chains_smollm2_test_k4.json
@@ -29,7 +30,7 @@ from langchain_pasta import ChatPasta, PastaDocumentFormatter
 
 from pasta_rag import relevance
 from pasta_rag.research.bench import machine
-from pasta_rag.research.evaluation import Example, follows_context, loops, read_examples
+from pasta_rag.research.evaluation import Example, follows_context, loops, passages, read_examples
 
 PROMPT = ChatPromptTemplate.from_messages(
     [("system", "Answer the question using the context."), ("human", "Context:\n{context}\n\nQuestion: {question}")]
@@ -41,18 +42,19 @@ VARIANTS = {  # what shipped before issue 15 is "all"; what ships now is "defaul
     "relevant": {"chat": {"select": "relevant"}, "formatter": {"emphasis": "all", "skip_instructions": False}},
     "default": {"chat": {}, "formatter": {}},
 }
-SETTINGS = ("conflict", "demoted", "control")
+SETTINGS = ("conflict", "demoted", "repeated", "control")
+SOURCES = ("Travel guide", "Encyclopedia entry")
+"""``repeated``: the contradicting passage is also in one or two other documents, each under its own source line
+(mirrored pages, a wiki and its copy), so 2 or 3 retrieved passages are relevant, not one."""
 
 
-def passages(example: Example, control: bool) -> list[str]:
-    """The record's passages; for the control, the contradicting fact is the true one."""
-    context = example.context.replace(example.target_new, example.target_true) if control else example.context
-    return [p.strip() for p in context.split("\n\n") if p.strip()]
-
-
-def retrieved(example: Example, embeddings: HuggingFaceEmbeddings, k: int, control: bool) -> list[Document]:
-    """Top-k of a vector store holding this record's passages only (as a chain over its own corpus sees them)."""
-    docs = [Document(page_content=p) for p in passages(example, control)]
+def retrieved(example: Example, embeddings: HuggingFaceEmbeddings, k: int, control: bool,
+              copies: int = 0) -> list[Document]:
+    """Top-k of a vector store holding this record's passages only (as a chain over its own corpus sees them),
+    with ``copies`` more documents restating the contradicting passage."""
+    texts = passages(example, control)
+    texts += [f"{source}: {p}" for source in SOURCES[:copies] for p in texts if example.target_new in p]
+    docs = [Document(page_content=t) for t in texts]
     return InMemoryVectorStore.from_documents(docs, embeddings).similarity_search(example.question, k=k)
 
 
@@ -118,11 +120,13 @@ def main() -> None:
     }
     for setting in args.settings.split(","):
         control = setting == "control"
-        docs = [retrieved(e, embeddings, args.k, control) for e in examples]
+        copies = [1 + i % 2 if setting == "repeated" else 0 for i in range(len(examples))]
+        docs = [retrieved(e, embeddings, args.k, control, n) for e, n in zip(examples, copies)]
         if setting == "demoted":
             docs = [demoted(e, d, i) for i, (e, d) in enumerate(zip(examples, docs))]
         ranks = [] if control else [rank_of_conflict(e, d) for e, d in zip(examples, docs)]
-        results: dict = {"ranks": ranks, "variants": {}}
+        relevant = [sum(e.target_new in d.page_content for d in found) for e, found in zip(examples, docs)]
+        results: dict = {"ranks": ranks, "relevant_retrieved": relevant, "variants": {}}
         for name in args.variants.split(","):
             variant = VARIANTS[name]
             started = time.perf_counter()

@@ -18,11 +18,11 @@ from pathlib import Path
 
 from llama_index.core import Document, VectorStoreIndex
 from llama_index.llms.pasta import PastaLLM
-from rag_chains import passages, score
+from rag_chains import score
 
 from pasta_rag import PastaModel
 from pasta_rag.research.bench import machine
-from pasta_rag.research.evaluation import Example, read_examples
+from pasta_rag.research.evaluation import Example, passages, read_examples
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "examples"))
 from llamaindex_embedding import packaged_embedding  # noqa: E402

@@ -110,17 +110,23 @@ def parse_groups(text: str) -> tuple[str, dict[str, list[Span]]]:
     """Strip the markers of ``text``; return the plain text and, per group that has any, its spans on it.
 
     Each group is read on its own: markers of one group may nest (the spans are a union) and may
-    overlap another group's. An unbalanced marker is an error, because silently dropping it would
-    steer toward the wrong text.
+    overlap another group's. The untrusted markers steer nothing and leave no span. An unbalanced marker
+    (of any pair) is an error, because silently dropping it would steer toward the wrong text, or pin it.
     """
     plain: list[str] = []
     spans: dict[str, list[Span]] = {}
     depth = dict.fromkeys(GROUP_MARKERS, 0)
     opened_at = dict.fromkeys(GROUP_MARKERS, 0)
-    position = 0
+    position = untrusted_depth = 0
     for piece in re.split(f"([{_ALL_MARKERS}])", text):
         group = _GROUP_OF.get(piece)
         if piece in UNTRUSTED_MARKERS:
+            untrusted_depth += 1 if piece == UNTRUSTED_MARKERS[0] else -1
+            if untrusted_depth < 0:
+                raise EmphasisError(
+                    f"An untrusted-text end marker at character {position} of the plain text has no start "
+                    "marker. Wrap untrusted text with pasta_rag.emphasis.mark_untrusted(text), not by hand."
+                )
             continue
         if group is None:
             plain.append(piece)
@@ -138,6 +144,11 @@ def parse_groups(text: str) -> tuple[str, dict[str, list[Span]]]:
             depth[group] -= 1
             if depth[group] == 0:
                 spans.setdefault(group, []).append((opened_at[group], position))
+    if untrusted_depth:
+        raise EmphasisError(
+            "An untrusted-text start marker is never closed. Wrap untrusted text with "
+            "pasta_rag.emphasis.mark_untrusted(text), not by hand."
+        )
     for group, open_count in depth.items():
         if open_count:
             raise EmphasisError(

@@ -1,7 +1,15 @@
 import pytest
 
 from pasta_rag import EMPHASIS_END, EMPHASIS_START, EmphasisError, emphasize, parse_marked, strip_markers
-from pasta_rag.emphasis import check_spans, emphasize_unmarked, find_substrings, merge_spans, parse_groups
+from pasta_rag.emphasis import (
+    UNTRUSTED_MARKERS,
+    check_spans,
+    emphasize_unmarked,
+    find_substrings,
+    mark_untrusted,
+    merge_spans,
+    parse_groups,
+)
 
 
 def test_markers_become_spans_on_the_stripped_text():
@@ -28,10 +36,20 @@ def test_forged_markers_in_untrusted_text_are_removed():
     assert [text[s:e] for s, e in spans] == ["first second"]
 
 
-@pytest.mark.parametrize("marked", [f"{EMPHASIS_START}open", f"close{EMPHASIS_END}", f"{EMPHASIS_END}x{EMPHASIS_START}"])
+@pytest.mark.parametrize("marked", [
+    f"{EMPHASIS_START}open", f"close{EMPHASIS_END}", f"{EMPHASIS_END}x{EMPHASIS_START}",
+    f"{UNTRUSTED_MARKERS[0]}an open document", f"a closed document{UNTRUSTED_MARKERS[1]}",
+    f"{UNTRUSTED_MARKERS[1]}x{UNTRUSTED_MARKERS[0]}",
+])
 def test_unbalanced_markers_are_an_error(marked):
     with pytest.raises(EmphasisError, match="marker"):
         parse_marked(marked)
+
+
+def test_balanced_untrusted_markers_leave_no_span():
+    assert parse_groups(f"Ask: {mark_untrusted(emphasize('a fact') + ' an order')}") == (
+        "Ask: a fact an order", {"context": [(5, 11)]}
+    )
 
 
 def test_substrings_match_every_occurrence():

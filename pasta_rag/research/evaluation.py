@@ -74,6 +74,13 @@ class Example:
         return [self.instruction or "" if self.task == "instruction" else self.context]
 
 
+def passages(example: Example, control: bool = False) -> list[str]:
+    """A long-context record's passages, one per document of a vector store; for the control, the
+    contradicting fact is replaced by the true one (the documents agree with the model's memory)."""
+    context = example.context.replace(example.target_new, example.target_true) if control else example.context
+    return [p.strip() for p in context.split("\n\n") if p.strip()]
+
+
 @dataclass(frozen=True)
 class Problem:
     line: int
