@@ -23,6 +23,7 @@ from .calls import CoreCall, chat_call, completion_call
 from .errors import APIError, install_handlers
 from .events import Chunk, chat_chunks, completion_chunks, sse
 from .limits import BodyLimit
+from .playground import playground_router
 from .schemas import (
     AssistantMessage,
     ChatChoice,
@@ -117,6 +118,7 @@ def create_app(
         return {"status": "ok", "model": served}
 
     app.include_router(v1)
+    app.include_router(playground_router())
     return app
 
 
