@@ -386,8 +386,29 @@ def serve(
     ] = 10.0,
     max_batch_size: Annotated[int, typer.Option(min=1, help="Most requests answered by one batched call.")] = 16,
     max_body_bytes: Annotated[int, typer.Option(min=1, help="Largest request body accepted (413 above).")] = 4 << 20,
+    replicas: Annotated[
+        int | None,
+        typer.Option(min=1, help="Run this many replicas on Ray Serve behind its HTTP proxy (the 'ray' extra); "
+                     "1 without --ray-address is the plain server."),
+    ] = None,
+    gpus_per_replica: Annotated[
+        float | None, typer.Option(help="With --replicas: GPUs each replica takes (1: one replica per GPU).")
+    ] = None,
+    ray_address: Annotated[
+        str | None, typer.Option(help="Join this Ray cluster ('auto', or HOST:PORT of `ray start --head`).")
+    ] = None,
 ) -> None:
     """Serve the steered model with the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models)."""
+    if gpus_per_replica is not None and replicas is None:
+        raise typer.BadParameter("it sets the GPUs of each Ray Serve replica: give --replicas N too.",
+                                 param_hint="--gpus-per-replica")
+    if gpus_per_replica is not None and gpus_per_replica <= 0:
+        raise typer.BadParameter(f"{gpus_per_replica} is not a number of GPUs above 0; leave it out for CPU "
+                                 "replicas.", param_hint="--gpus-per-replica")
+    if (replicas or 1) > 1 or ray_address is not None:
+        _serve_on_ray(model, heads, host, port, api_key, batch_window_ms, max_batch_size, max_body_bytes,
+                      replicas or 1, gpus_per_replica or 0, ray_address)
+        return
     try:
         import uvicorn
 
@@ -408,6 +429,25 @@ def serve(
     errors.print(f"Serving {pasta.name} (also as {model!r}) on http://{host}:{port}/v1"
                  f"{'' if api_key else ' without an API key'}.")
     uvicorn.run(server_app, host=host, port=port)
+
+
+def _serve_on_ray(model: str, heads: str | None, host: str, port: int, api_key: str | None, batch_window_ms: float,
+                  max_batch_size: int, max_body_bytes: int, replicas: int, gpus_per_replica: float,
+                  ray_address: str | None) -> None:
+    """``serve --replicas``: the same app on Ray Serve; each replica loads the model itself."""
+    try:
+        from .server import ray_serve
+    except ImportError as error:
+        errors.print(f"[red]error:[/red] --replicas and --ray-address need Ray Serve ({error.name} is missing): "
+                     "pip install 'pasta-rag[serve,ray]'")
+        raise typer.Exit(2) from None
+    args = ray_serve.ServeArgs(model=model, heads=heads, api_key=api_key, replicas=replicas,
+                               gpus_per_replica=gpus_per_replica, batch_window_ms=batch_window_ms,
+                               max_batch_size=max_batch_size, max_body_bytes=max_body_bytes)
+    errors.print(f"Serving {model!r} as {replicas} Ray Serve replica(s) "
+                 f"({f'{gpus_per_replica:g} GPU' if gpus_per_replica else '1 CPU'} each) on http://{host}:{port}/v1"
+                 f"{'' if api_key else ' without an API key'}.")
+    ray_serve.run(args, host=host, port=port, ray_address=ray_address)
 
 
 if __name__ == "__main__":
