@@ -17,6 +17,7 @@ from server_support import running
 from tiny_bytes import byte_model, byte_tokenizer
 
 from pasta_rag import PastaModel, emphasize
+from pasta_rag.remote import RemoteModel
 from pasta_rag.server import create_app
 
 MODEL = "tiny-bytes"
@@ -39,9 +40,14 @@ def model() -> PastaModel:
 
 
 @pytest.fixture(scope="module")
-def client(model) -> Iterator[openai.OpenAI]:
+def base_url(model) -> Iterator[str]:
     with running(create_app(model)) as url:
-        yield openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        yield f"{url}/v1"
+
+
+@pytest.fixture(scope="module")
+def client(base_url) -> openai.OpenAI:
+    return openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
 
 
 def test_a_forced_call_parses_validates_and_equals_the_in_process_call(client, model):
@@ -150,3 +156,15 @@ def test_tool_messages_must_answer_a_call(client):
         client.chat.completions.create(model=MODEL, max_tokens=4,
                                        messages=[*ASK, {"role": "tool", "content": "42"}])
     assert raised.value.body["param"] == "messages.1"
+
+
+def test_tools_and_response_format_through_remote_model(base_url, model):
+    """What ChatPasta.bind_tools / with_structured_output send with base_url: the same calls as in-process."""
+    remote = RemoteModel(base_url, max_retries=0)
+    expected = model.generate(ASK, tools=TOOLS, tool_choice="add", max_new_tokens=120)
+    answer = remote.generate(ASK, tools=TOOLS, tool_choice="add", max_new_tokens=120)
+    assert [(c.name, c.arguments) for c in answer.tool_calls] == [(c.name, c.arguments) for c in expected.tool_calls]
+    stream = remote.stream(ASK, tools=TOOLS, tool_choice="add", max_new_tokens=120)
+    assert "".join(stream) == "" and stream.generation.tool_calls[0].arguments == expected.tool_calls[0].arguments
+    assert remote.generate(ASK, max_new_tokens=120, response_format={"type": "json_object"}).text == model.generate(
+        ASK, max_new_tokens=120, response_format={"type": "json_object"}).text
