@@ -11,6 +11,14 @@ Every measurement is taken once per round, so that each round's figures share on
 report gives each round and the medians.
 
     python benchmarks/serve_load.py --model default --out benchmarks/results/serve_load_smollm2.json
+
+``--soak-s S`` runs the soak instead: ``--clients`` clients send requests without pause for S seconds,
+alternately streamed and not, each answer checked against the same request made alone (greedy,
+in-process, before the soak); errors and wrong answers are counted, and the process's resident memory
+is sampled, to see it flat after the warm-up.
+
+    python benchmarks/serve_load.py --model default --soak-s 120 --clients 32 \
+        --out benchmarks/results/serve_soak_smollm2.json
 """
 
 from __future__ import annotations
@@ -70,6 +78,90 @@ def _has_text(chunk: dict) -> bool:
     return bool(chunk["choices"]) and bool(chunk["choices"][0]["delta"].get("content"))
 
 
+def rss_mib() -> float:
+    """This process's resident memory (Linux ``/proc``), in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def soak(args: argparse.Namespace, model: PastaModel, app, url: str) -> dict:
+    """``args.clients`` clients for ``args.soak_s`` seconds; every answer against the request made alone."""
+    conversations = requests_of(args.soak_prompts)
+    expected = [model.generate(m, max_new_tokens=args.max_tokens).text for m in conversations]
+    deadline = time.perf_counter() + args.soak_s
+    counts = {"requests": 0, "streamed": 0, "errors": 0, "wrong_answers": 0}
+    failures: list[str] = []
+    lock = threading.Lock()
+    samples: list[tuple[float, float]] = []
+    soak_started = time.perf_counter()
+
+    def sample() -> None:
+        while time.perf_counter() < deadline:
+            samples.append((round(time.perf_counter() - soak_started, 1), round(rss_mib(), 1)))
+            time.sleep(args.soak_s / 60)
+
+    def answer_of(http: httpx.Client, index: int, stream: bool) -> str:
+        body = {"model": args.model, "messages": conversations[index], "max_tokens": args.max_tokens, "stream": stream}
+        if not stream:
+            response = http.post("/chat/completions", json=body)
+            response.raise_for_status()
+            return response.json()["choices"][0]["message"]["content"]
+        text = []
+        with http.stream("POST", "/chat/completions", json=body) as response:
+            response.raise_for_status()
+            for line in response.iter_lines():
+                if line.startswith("data: {"):
+                    chunk = json.loads(line[6:])
+                    if "error" in chunk:
+                        raise RuntimeError(chunk["error"]["message"])
+                    if _has_text(chunk):
+                        text.append(chunk["choices"][0]["delta"]["content"])
+        return "".join(text)
+
+    def client(number: int) -> None:
+        with httpx.Client(base_url=f"{url}/v1", timeout=600) as http:
+            turn = number
+            while time.perf_counter() < deadline:
+                index, stream = turn % len(conversations), turn % 2 == 1
+                turn += args.clients
+                try:
+                    ok = answer_of(http, index, stream) == expected[index]
+                    error = None
+                except Exception as failure:  # counted and reported: the soak wants zero
+                    ok, error = False, repr(failure)
+                with lock:
+                    counts["requests"] += 1
+                    counts["streamed"] += stream
+                    counts["errors"] += error is not None
+                    counts["wrong_answers"] += error is None and not ok
+                    if not ok and len(failures) < 10:
+                        failures.append(error or f"request {index} (streamed={stream}): wrong answer")
+
+    app.state.batcher.batch_sizes.clear()
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    with ThreadPoolExecutor(args.clients) as pool:
+        list(pool.map(client, range(args.clients)))
+    seconds = time.perf_counter() - soak_started
+    sampler.join()
+    warm = [rss for at, rss in samples if at >= args.soak_s / 4]  # after the warm-up: first batches, first streams
+    sizes = app.state.batcher.batch_sizes
+    return {
+        **counts,
+        "seconds": round(seconds, 1),
+        "requests_per_s": round(counts["requests"] / seconds, 3),
+        "distinct_prompts": len(conversations),
+        "batched_calls": len(sizes),
+        "mean_batch_size": round(statistics.mean(sizes), 2) if sizes else 0,
+        "rss_mib": {"after_warm_up": warm[0], "end": warm[-1], "max_after_warm_up": max(warm),
+                    "growth_after_warm_up": round(warm[-1] - warm[0], 1)},
+        "rss_samples_s_mib": samples,
+        "failures": failures,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="default")
@@ -82,6 +174,8 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=170.0,
                         help="Start no round that would end after this many seconds of the run (the first one always runs).")
     parser.add_argument("--batch-window-ms", type=float, default=50.0)
+    parser.add_argument("--soak-s", type=float, help="Run the soak for this many seconds instead (see above).")
+    parser.add_argument("--soak-prompts", type=int, default=8, help="Distinct requests the soak's clients cycle through.")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -90,6 +184,16 @@ def main() -> None:
     model = PastaModel.from_pretrained(args.model)
     app = create_app(model, aliases=[args.model], batch_window_ms=args.batch_window_ms, max_batch_size=args.clients)
     server, url = serve(app)
+    if args.soak_s:
+        report = {"command": shlex.join(["python", *sys.argv]),
+                  "machine": f"{machine(str(model.device))}, {torch.get_num_threads()} threads, float32",
+                  "model": model.name, "clients": args.clients, "max_tokens": args.max_tokens,
+                  "batch_window_ms": args.batch_window_ms, "soak": soak(args, model, app, url),
+                  "load_average_1min": {"start": round(load_before, 2), "end": round(os.getloadavg()[0], 2)},
+                  "note": "the machine is shared: a load average above its core count means other work ran too"}
+        server.should_exit = True
+        _write(report, args.out)
+        return
     http = httpx.Client(base_url=f"{url}/v1", timeout=600)
     conversations = requests_of(args.clients)
 
@@ -180,10 +284,14 @@ def main() -> None:
         "load_average_1min": {"start": round(load_before, 2), "end": round(os.getloadavg()[0], 2)},
         "note": "the machine is shared: a load average above its core count means other work ran too",
     }
+    _write(report, args.out)
+
+
+def _write(report: dict, out: Path | None) -> None:
     text = json.dumps(report, indent=2)
     print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    if out:
+        out.write_text(text + "\n")
 
 
 if __name__ == "__main__":

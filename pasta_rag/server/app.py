@@ -17,6 +17,7 @@ from fastapi.responses import StreamingResponse
 
 from ..batching import Generation
 from ..engine import PastaModel
+from .answers import assistant_message, finish_reason
 from .auth import bearer_check
 from .batcher import Batcher
 from .calls import CoreCall, chat_call, completion_call
@@ -25,7 +26,6 @@ from .events import Chunk, chat_chunks, completion_chunks, sse
 from .limits import BodyLimit
 from .playground import playground_router
 from .schemas import (
-    AssistantMessage,
     ChatChoice,
     ChatCompletion,
     ChatCompletionRequest,
@@ -82,12 +82,12 @@ def create_app(
 
     @v1.get("/models")
     async def list_models() -> ModelList:
-        return ModelList(data=[ModelCard(id=served, created=created)])
+        return ModelList(data=[ModelCard(id=served, created=created, max_model_len=model.context_window)])
 
     @v1.get("/models/{name}")
     async def get_model(name: str) -> ModelCard:
         check_model(name)
-        return ModelCard(id=served, created=created)
+        return ModelCard(id=served, created=created, max_model_len=model.context_window)
 
     @v1.post("/chat/completions", response_model=None)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> ChatCompletion | StreamingResponse:
@@ -98,8 +98,8 @@ def create_app(
             return await run_in_threadpool(_streamed, model, call, body, chat_chunks(completion_id, now, served))
         answer = await request.app.state.batcher.generate(call)
         return ChatCompletion(id=completion_id, created=now, model=served, usage=_usage(answer), pasta=call.report,
-                              choices=[ChatChoice(message=AssistantMessage(content=answer.text),
-                                                  finish_reason=answer.finish_reason)])
+                              choices=[ChatChoice(message=assistant_message(answer),
+                                                  finish_reason=finish_reason(answer))])
 
     @v1.post("/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> Completion | StreamingResponse:

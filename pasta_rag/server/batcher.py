@@ -3,7 +3,7 @@
 A batched call decodes many prompts for not much more than the cost of one wherever the hardware has
 parallelism to spare, so requests that arrive within a short window are answered together. The first request of a window
 waits at most ``window_s`` for company; requests that cannot share a call (other steering or
-decoding settings) go into separate calls of the same window. Batches run one at a time on one
+decoding settings, other tools or response format) go into separate calls of the same window. Batches run one at a time on one
 worker thread, so the event loop stays free and one batch never competes with another for the
 model; streaming requests run beside them in their own threads (the core keeps each call's
 steering in a ContextVar, so two threads may use one model at once).
@@ -99,7 +99,7 @@ class Batcher:
             answers = await asyncio.get_running_loop().run_in_executor(
                 self._worker,
                 lambda: self.model.generate_batch(prompts, emphasis=emphasis, steering=first.steering,
-                                                  settings=first.settings),
+                                                  settings=first.settings, **first.decoding()),
             )
         except Exception as error:  # each waiting endpoint answers with it (the handlers hide the traceback)
             for p in batch:

@@ -1,4 +1,5 @@
-"""An OpenAI request -> one core call (prompt, emphasis, Steering, SamplingSettings), checked before it runs.
+"""An OpenAI request -> one core call (prompt, emphasis, Steering, SamplingSettings, tools, response format),
+checked before it runs.
 
 Each request is prepared on its own (rendered, tokenized, its emphasis resolved, the context window
 checked) when it arrives, so a bad request gets its own 400 and never fails a batch it would have
@@ -7,17 +8,20 @@ joined; the same preparation says what the request steers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from ..batching import PreparedBatch, prepare
 from ..emphasis import CONTEXT, INSTRUCTIONS
 from ..engine import PastaModel
-from ..errors import PastaError, SteeringError
+from ..errors import ContextWindowError, GrammarError, PastaError, SteeringError, ToolError
+from ..grammar import response_format as checked_response_format
 from ..prompts import GroupedEmphasis, Prompt, RenderedPrompt
 from ..settings import SamplingSettings, Steering
+from ..tools import ToolUse, tool_use
 from .errors import APIError, from_core
 from .schemas import (
     ChatCompletionRequest,
@@ -41,6 +45,9 @@ class CoreCall:
     steering: Steering
     settings: SamplingSettings
     report: PastaReport
+    tools: Sequence[Mapping[str, Any]] | None = None
+    tool_choice: str | Mapping[str, Any] | None = None
+    response_format: Mapping[str, Any] | None = None
 
     @property
     def batchable(self) -> bool:
@@ -50,15 +57,18 @@ class CoreCall:
     def joins(self, other: CoreCall) -> bool:
         """One ``generate_batch`` call takes one Steering and one SamplingSettings for all its prompts."""
         return (self.batchable and other.batchable and self.steering == other.steering
-                and self.settings == other.settings)
+                and self.settings == other.settings and self.decoding() == other.decoding())
+
+    def decoding(self) -> dict[str, Any]:
+        """The tools and response format: a batch takes one of each (its grammar decodes every row)."""
+        return {"tools": self.tools, "tool_choice": self.tool_choice, "response_format": self.response_format}
 
     def arguments(self) -> dict:
-        return {"emphasis": self.emphasis, "steering": self.steering, "settings": self.settings}
+        return {"emphasis": self.emphasis, "steering": self.steering, "settings": self.settings, **self.decoding()}
 
 
 def chat_call(model: PastaModel, request: ChatCompletionRequest) -> CoreCall:
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                for m in request.messages]
+    messages = [m.core() for m in request.messages]
     if request.max_tokens and request.max_completion_tokens and request.max_tokens != request.max_completion_tokens:
         raise APIError(400, f"max_tokens ({request.max_tokens}) and max_completion_tokens "
                        f"({request.max_completion_tokens}) disagree; send one of them.", param="max_completion_tokens")
@@ -78,21 +88,61 @@ def core_call(
         raise APIError(400, f"{name} cannot be honoured: {why}. Remove the field.", param=name,
                        code="unsupported_parameter")
     steering = steering_of(request.pasta)
+    use = tools_of(request)
+    fmt = _checked(checked_response_format, request.response_format, param="response_format")
     try:
-        rendered = model.render(prompt, emphasis=request.emphasis)
-        if steering.enabled is not False and not (rendered.spans or any(rendered.groups.values())):
-            steering = steering.override(enabled=False)  # the plain model, without the core's warning
-        settings = sampling_of(request, max_tokens if max_tokens is not None else _default_max_tokens(model, rendered))
-        prepared = prepare(model, [prompt], [request.emphasis], None, steering, settings)
+        rendered = model.render(prompt, emphasis=request.emphasis, tools=use)
+    except ToolError as error:  # an assistant message's tool_calls, a tool message
+        raise APIError(400, str(error), param="messages", code="invalid_tool_message") from None
     except PastaError as error:
         raise from_core(error) from None
-    return CoreCall(prompt, request.emphasis, steering, settings, report_of(prepared, request.pasta))
+    if steering.enabled is not False and not (rendered.spans or any(rendered.groups.values())):
+        steering = steering.override(enabled=False)  # the plain model, without the core's warning
+    settings = sampling_of(request, max_tokens if max_tokens is not None else _default_max_tokens(model, rendered))
+    try:
+        prepared = prepare(model, [prompt], [request.emphasis], None, steering, settings, use, fmt)
+    except GrammarError as error:  # the schema of a forced tool or of the response format does not compile
+        raise APIError(400, str(error), param="response_format" if fmt else "tools", code="invalid_schema") from None
+    except ContextWindowError as error:
+        raise _window_error(model, prompt, request, error, use) from None
+    except PastaError as error:
+        raise from_core(error) from None
+    return CoreCall(prompt, request.emphasis, steering, settings, report_of(prepared, request.pasta),
+                    request.tools or None, request.tool_choice, request.response_format)
+
+
+def tools_of(request: ChatCompletionRequest | CompletionRequest) -> ToolUse | None:
+    """The request's tools and tool choice, checked; an error names the field that is wrong.
+    ``tools: []`` is no tools, as OpenAI reads it."""
+    tools = request.tools or None
+    _checked(tool_use, tools, None, param="tools")
+    return _checked(tool_use, tools, request.tool_choice, param="tool_choice")
+
+
+def _checked(check: Any, *values: Any, param: str) -> Any:
+    try:
+        return check(*values)
+    except PastaError as error:
+        raise APIError(400, str(error), param=param, code="invalid_value") from None
+
+
+def _window_error(model: PastaModel, prompt: Prompt, request: ChatCompletionRequest | CompletionRequest,
+                  error: ContextWindowError, use: ToolUse | None) -> APIError:
+    """The core's window error (its token counts), and how many of the prompt's tokens the tools take."""
+    message = str(error)
+    if use is not None and use.offered:
+        with_tools = _prompt_tokens(model, model.render(prompt, emphasis=request.emphasis, tools=use))
+        without = _prompt_tokens(model, model.render(prompt, emphasis=request.emphasis))
+        message += (f" The tools' descriptions take {with_tools - without} of the prompt's {with_tools} tokens: "
+                    "send fewer or shorter tools.")
+    return APIError(400, message, param="messages", code="context_length_exceeded")
 
 
 def sampling_of(request: ChatCompletionRequest | CompletionRequest, max_tokens: int | None) -> SamplingSettings:
     """OpenAI's decoding fields as SamplingSettings; a field left out is pasta-rag's default (greedy)."""
     given = {"max_new_tokens": max_tokens, "temperature": request.temperature, "top_p": request.top_p,
-             "stop": request.stop, "seed": request.seed}
+             "stop": request.stop, "seed": request.seed, "top_k": request.top_k,
+             "repetition_penalty": request.repetition_penalty, "min_new_tokens": request.min_tokens}
     try:
         return SamplingSettings(**{name: value for name, value in given.items() if value is not None})
     except PastaError as error:
@@ -120,9 +170,12 @@ def _group_steering(options: GroupOptions) -> Steering:
 
 def _default_max_tokens(model: PastaModel, rendered: RenderedPrompt) -> int:
     """Without max_tokens, OpenAI answers up to the context window: pasta-rag's default length, or what is left."""
-    prompt_tokens = len(model.tokenizer(rendered.text, add_special_tokens=rendered.add_special_tokens)["input_ids"])
-    room = model.context_window - prompt_tokens
+    room = model.context_window - _prompt_tokens(model, rendered)
     return min(DEFAULT_MAX_TOKENS, room) if room >= 1 else DEFAULT_MAX_TOKENS  # no room: the window error says so
+
+
+def _prompt_tokens(model: PastaModel, rendered: RenderedPrompt) -> int:
+    return len(model.tokenizer(rendered.text, add_special_tokens=rendered.add_special_tokens)["input_ids"])
 
 
 def report_of(prepared: PreparedBatch, options: PastaOptions | None) -> PastaReport:

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from ..errors import PastaError
 from ..streaming import AsyncTextStream
+from .answers import finish_reason, tool_call_deltas
 from .calls import CoreCall
 from .errors import from_core, internal_error
 from .schemas import (
@@ -23,6 +24,7 @@ from .schemas import (
     Completion,
     CompletionChoice,
     Delta,
+    DeltaToolCall,
     PastaReport,
     Usage,
 )
@@ -41,14 +43,15 @@ def event(body: BaseModel | dict) -> str:
 
 
 Chunk = Callable[..., BaseModel]
-"""Builds one chunk: ``chunk(text=..., finish_reason=..., usage=..., pasta=..., first=...)``."""
+"""Builds one chunk: ``chunk(text=..., finish_reason=..., usage=..., pasta=..., first=..., tool_calls=...)``."""
 
 
 def chat_chunks(completion_id: str, created: int, model: str) -> Chunk:
     def chunk(text: str | None = None, finish_reason: str | None = None, usage: Usage | None = None,
-              pasta: PastaReport | None = None, first: bool = False, last: bool = False) -> BaseModel:
-        choices = [] if last else [ChunkChoice(delta=Delta(role="assistant" if first else None, content=text),
-                                               finish_reason=finish_reason)]
+              pasta: PastaReport | None = None, first: bool = False, last: bool = False,
+              tool_calls: list[DeltaToolCall] | None = None) -> BaseModel:
+        delta = Delta(role="assistant" if first else None, content=text, tool_calls=tool_calls)
+        choices = [] if last else [ChunkChoice(delta=delta, finish_reason=finish_reason)]
         return ChatCompletionChunk(id=completion_id, created=created, model=model, choices=choices, usage=usage,
                                    pasta=pasta)
 
@@ -57,7 +60,8 @@ def chat_chunks(completion_id: str, created: int, model: str) -> Chunk:
 
 def completion_chunks(completion_id: str, created: int, model: str) -> Chunk:
     def chunk(text: str | None = None, finish_reason: str | None = None, usage: Usage | None = None,
-              pasta: PastaReport | None = None, first: bool = False, last: bool = False) -> BaseModel:
+              pasta: PastaReport | None = None, first: bool = False, last: bool = False,
+              tool_calls: None = None) -> BaseModel:  # a text completion has no tools (its request refuses them)
         choices = [] if last else [CompletionChoice(text=text or "", finish_reason=finish_reason)]
         return Completion(id=completion_id, created=created, model=model, choices=choices, usage=usage, pasta=pasta)
 
@@ -65,14 +69,17 @@ def completion_chunks(completion_id: str, created: int, model: str) -> Chunk:
 
 
 async def sse(stream: AsyncTextStream, call: CoreCall, chunk: Chunk, include_usage: bool) -> AsyncIterator[str]:
-    """The events of one streamed answer: its text chunks, the finish reason (with what was steered),
-    the usage when asked for (``stream_options.include_usage``), then ``[DONE]``."""
+    """The events of one streamed answer: its text chunks, its tool calls (the core never streams the
+    text of a call: they come whole, once the answer is done), the finish reason (with what was
+    steered), the usage when asked for (``stream_options.include_usage``), then ``[DONE]``."""
     try:
         yield event(chunk(text="", first=True))
         async for text in stream:
             yield event(chunk(text=text))
         generation = stream.generation
-        yield event(chunk(finish_reason=generation.finish_reason, pasta=call.report))
+        for delta in tool_call_deltas(generation):
+            yield event(chunk(tool_calls=delta))
+        yield event(chunk(finish_reason=finish_reason(generation), pasta=call.report))
         if include_usage:
             usage = Usage(prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens,
                           total_tokens=generation.prompt_tokens + generation.completion_tokens)

@@ -1,16 +1,16 @@
 """The request and response bodies, in OpenAI's shapes, plus the two steering fields this server adds.
 
 Requests forbid fields they do not know, so a client never believes an option was applied when it
-was not. OpenAI fields this server accepts but cannot act on yet (tools, logprobs, penalties, ...)
-are declared so that their no-op values still pass; ``refused_field`` names the first one set to
-anything else.
+was not. OpenAI fields this server accepts but cannot act on (logprobs, penalties, ...) are declared
+so that their no-op values still pass; ``refused_field`` names the first one set to anything else.
+Chat requests serve ``tools``, ``tool_choice`` and ``response_format`` (the core checks their values).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # --- the steering fields (sent with the OpenAI client's extra_body) --------------------------------
 
@@ -72,13 +72,17 @@ NO_OP_VALUES: dict[str, tuple[Any, ...]] = {
 }
 """OpenAI fields that this server does not implement, and the values of each that ask for nothing."""
 
+SERVED_ON_CHAT = frozenset({"tools", "tool_choice", "response_format"})
+"""Fields of NO_OP_VALUES that /v1/chat/completions honours whatever their value."""
+
 WHY_REFUSED: dict[str, str] = {
-    "tools": "tool calling is not served yet",
-    "tool_choice": "tool calling is not served yet",
-    "parallel_tool_calls": "tool calling is not served yet",
-    "functions": "function calling is not served yet",
-    "function_call": "function calling is not served yet",
-    "response_format": "structured output is not served yet; only {'type': 'text'}",
+    "tools": "only /v1/chat/completions takes tools",
+    "tool_choice": "only /v1/chat/completions takes tools",
+    "parallel_tool_calls": "it cannot be enforced: a forced tool_choice writes one call, 'auto' as many as the "
+                           "model writes",
+    "functions": "the deprecated functions field is not served; send tools",
+    "function_call": "the deprecated function_call field is not served; send tool_choice",
+    "response_format": "only /v1/chat/completions takes response_format",
 }
 
 
@@ -100,6 +104,12 @@ class _Request(BaseModel):
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
+    top_k: Annotated[int, Field(ge=1)] | None = None
+    """vLLM's extra (also sent by many OpenAI-compatible clients); it only acts when sampling."""
+    repetition_penalty: Annotated[float, Field(gt=0)] | None = None
+    """vLLM's extra: 1 is none."""
+    min_tokens: Annotated[int, Field(ge=0)] | None = None
+    """vLLM's extra: the end-of-sequence token is held back until this many tokens are written."""
     n: Annotated[int, Field(ge=1)] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -135,18 +145,64 @@ class TextPart(BaseModel):
     text: str
 
 
-class ChatMessage(BaseModel):
-    """A message without tool calls or images: those are not served yet."""
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    arguments: str
+    """A JSON object, as a string (OpenAI's shape)."""
+
+
+class ToolCall(BaseModel):
+    """A call the assistant made: in a response, and in the history a client sends back."""
 
     model_config = ConfigDict(extra="forbid")
 
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
 
-    def text(self) -> str:
-        if isinstance(self.content, str):
+
+class ChatMessage(BaseModel):
+    """A message of the history: system / developer / user text, an assistant answer (text and/or
+    ``tool_calls``), or a ``tool`` result answering the call ``tool_call_id``. Images are not served."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _fields_of_its_role(self) -> ChatMessage:
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError(f"a {self.role} message needs content (only an assistant message with tool_calls "
+                             "may leave it out)")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError(f"only assistant messages carry tool_calls, not a {self.role} message")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id of the call it answers")
+        if self.tool_call_id is not None and self.role != "tool":
+            raise ValueError(f"only tool messages carry a tool_call_id, not a {self.role} message")
+        return self
+
+    def text(self) -> str | None:
+        if self.content is None or isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
+
+    def core(self) -> dict[str, Any]:
+        """The message as the core's prompts take it (``pasta_rag.prompts.Message``)."""
+        message: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
+        if self.tool_calls:
+            message["tool_calls"] = [call.model_dump() for call in self.tool_calls]
+        if self.tool_call_id:
+            message["tool_call_id"] = self.tool_call_id
+        if self.name:
+            message["name"] = self.name
+        return message
 
 
 class ChatCompletionRequest(_Request):
@@ -166,8 +222,9 @@ class CompletionRequest(_Request):
 
 def refused_field(request: _Request) -> tuple[str, str] | None:
     """The first field set to something this server cannot do, and why; None when every field can be honoured."""
+    served = SERVED_ON_CHAT if isinstance(request, ChatCompletionRequest) else frozenset()
     for name, no_ops in NO_OP_VALUES.items():
-        if name in type(request).model_fields and getattr(request, name) not in no_ops:
+        if name in type(request).model_fields and name not in served and getattr(request, name) not in no_ops:
             return name, WHY_REFUSED.get(name, "this server does not implement it")
     if (request.n or 1) > 1:
         return "n", "one choice per request only; send n requests instead"
@@ -206,9 +263,23 @@ class PastaReport(BaseModel):
     groups: list[GroupReport]
 
 
+class InvalidToolCall(BaseModel):
+    """pasta-rag's extra: a call the model wrote that cannot be run (bad JSON, unknown tool, arguments
+    off the schema), so that a client sees it instead of losing it. Forced calls are always valid."""
+
+    id: str
+    name: str | None
+    arguments: str
+    error: str
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    """None when the answer is tool calls only (OpenAI's shape)."""
+    tool_calls: Annotated[list[ToolCall] | None, Field(exclude_if=lambda calls: calls is None)] = None
+    """Left out of an answer without calls, as OpenAI leaves it out."""
+    invalid_tool_calls: Annotated[list[InvalidToolCall] | None, Field(exclude_if=lambda calls: calls is None)] = None
 
 
 class ChatChoice(BaseModel):
@@ -228,9 +299,24 @@ class ChatCompletion(BaseModel):
     pasta: PastaReport
 
 
+class DeltaFunction(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class DeltaToolCall(BaseModel):
+    """A piece of a streamed tool call: the first carries its id and name, the next its arguments."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunction
+
+
 class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: Annotated[list[DeltaToolCall] | None, Field(exclude_if=lambda calls: calls is None)] = None
 
 
 class ChunkChoice(BaseModel):
@@ -272,6 +358,8 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "pasta-rag"
+    max_model_len: int | None = None
+    """The context window in tokens, under vLLM's name (``pasta_rag.remote.RemoteModel`` reads it)."""
 
 
 class ModelList(BaseModel):

@@ -63,9 +63,8 @@ def test_openai_text_completion(client, model):
 def test_openai_errors_are_the_clients_typed_errors(client, live_url):
     with pytest.raises(openai.NotFoundError, match="does not exist here"):
         client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
-    with pytest.raises(openai.BadRequestError, match="tools cannot be honoured"):
-        client.chat.completions.create(model=MODEL, messages=MESSAGES,
-                                       tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}])
+    with pytest.raises(openai.BadRequestError, match="logprobs cannot be honoured"):
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, logprobs=True)
     with pytest.raises(openai.BadRequestError, match="one choice per request"):
         client.chat.completions.create(model=MODEL, messages=MESSAGES, n=2)
 

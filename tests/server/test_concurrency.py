@@ -39,6 +39,30 @@ def test_concurrent_requests_share_batches_and_get_their_own_answers(model):
     assert all(a["pasta"]["steered"] for a in answers)
 
 
+def streamed_text(url: str, body: dict) -> str:
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json={**body, "stream": True}, timeout=120) as response:
+        assert response.status_code == 200
+        chunks = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: {")]
+    assert all("error" not in c for c in chunks), chunks
+    return "".join(c["choices"][0]["delta"]["content"] or "" for c in chunks if c["choices"])
+
+
+def test_32_concurrent_clients_streamed_and_not_all_get_their_own_answer(model):
+    """The soak of benchmarks/serve_load.py in small: 32 clients at once, every other one streaming."""
+    app = create_app(model, batch_window_ms=200, max_batch_size=8)
+    bodies = [chat(PROMPTS[i % len(PROMPTS)], max_tokens=4) for i in range(32)]
+
+    def one(i: int) -> str:
+        return streamed_text(url, bodies[i]) if i % 2 else answer(url, bodies[i])["choices"][0]["message"]["content"]
+
+    with running(app) as url, ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(one, range(32)))
+        sizes = app.state.batcher.batch_sizes
+    expected = [model.generate([{"role": "user", "content": p}], max_new_tokens=4).text for p in PROMPTS]
+    assert answers == [expected[i % len(PROMPTS)] for i in range(32)]
+    assert sum(sizes) == 16 and max(sizes) <= 8 and len(sizes) < 16  # the 16 non-streamed ones shared calls
+
+
 def test_requests_with_other_settings_go_to_other_calls(model):
     app = create_app(model, batch_window_ms=2000, max_batch_size=8)
     bodies = [chat(PROMPTS[0]), chat(PROMPTS[1]), chat(PROMPTS[2], pasta={"alpha": 0.5}),

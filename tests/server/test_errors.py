@@ -32,7 +32,8 @@ def test_missing_and_badly_typed_fields_name_the_field(client):
     error_of(client.post("/v1/chat/completions", json=chat(max_tokens=0)), 400, "max_tokens")
     tool_message = chat()
     tool_message["messages"] = [{"role": "tool", "content": "42"}]
-    error_of(client.post("/v1/chat/completions", json=tool_message), 400, "messages.0.role")
+    assert "tool_call_id" in error_of(client.post("/v1/chat/completions", json=tool_message), 400,
+                                      "messages.0")["message"]
 
 
 def test_unknown_model_is_a_404(client):
@@ -43,9 +44,8 @@ def test_unknown_model_is_a_404(client):
 
 
 @pytest.mark.parametrize("field, value", [
-    ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
-    ("tool_choice", "auto"),
-    ("response_format", {"type": "json_object"}),
+    ("parallel_tool_calls", False),
+    ("functions", [{"name": "f", "parameters": {}}]),
     ("logprobs", True),
     ("frequency_penalty", 0.5),
     ("user", "someone"),
@@ -53,6 +53,13 @@ def test_unknown_model_is_a_404(client):
 def test_fields_that_cannot_be_honoured_are_refused_by_name(client, field, value):
     error = error_of(client.post("/v1/chat/completions", json=chat(**{field: value})), 400, field)
     assert error["message"].startswith(f"{field} cannot be honoured") and error["code"] == "unsupported_parameter"
+
+
+def test_tools_and_response_format_are_refused_on_text_completions(client):
+    for field, value in (("tools", [{"type": "function", "function": {"name": "f"}}]),
+                         ("response_format", {"type": "json_object"})):
+        error = error_of(client.post("/v1/completions", json={"model": MODEL, "prompt": "a", field: value}), 400, field)
+        assert "only /v1/chat/completions" in error["message"]
 
 
 def test_unknown_fields_n_and_stream_options_alone_are_refused(client):

@@ -13,10 +13,20 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictBool, StrictFloat, model_validator
 
-from pasta_rag import Generation, PastaModel, SamplingSettings, Steering, TextStream, has_markers, strip_markers
+from pasta_rag import (
+    Generation,
+    PastaError,
+    PastaModel,
+    SamplingSettings,
+    Steering,
+    TextStream,
+    has_markers,
+    strip_markers,
+)
 from pasta_rag.prompts import Prompt
+from pasta_rag.remote import RemoteModel
 from pasta_rag.settings import CHAIN_STEERING, UNSET, split_options, steering_keywords
 
 from .batching import current_prefetched
@@ -30,9 +40,8 @@ def load_engine(model: str | os.PathLike = "default", **load_kwargs: Any) -> Pas
 
 # --- fields shared by the chat model and the LLM -------------------------------------------
 
-IGNORED_REMOTE_PARAMS = frozenset({"api_key", "base_url", "timeout", "request_timeout", "max_retries"})
-"""Accepted and ignored so that code written for a hosted model runs unchanged: a local model has no
-endpoint, key or network timeout."""
+Engine = PastaModel | RemoteModel
+"""A model loaded in this process, or a pasta-rag server (``base_url=``) called the same way."""
 
 SAMPLING_OPTIONS = {"temperature": "temperature", "max_tokens": "max_new_tokens", "max_new_tokens": "max_new_tokens",
                     "top_p": "top_p", "top_k": "top_k", "repetition_penalty": "repetition_penalty", "seed": "seed"}
@@ -59,9 +68,23 @@ class PastaFields(BaseModel):
     model_name: str = Field(default="default", alias="model")
     """What to load: ``"default"`` (SmolLM2-135M-Instruct, shipped in a wheel), ``"gemma3-270m"``, a
     .gguf file, a model folder or a hub id. Loaded once per process and shared (``PastaModel.shared``)."""
-    engine: PastaModel | None = Field(default=None, exclude=True)
-    """An already-loaded ``pasta_rag.PastaModel``; pass the same one to several instances to share it.
-    Passing a PastaModel as ``model=`` does the same."""
+    engine: Engine | None = Field(default=None, exclude=True)
+    """An already-loaded ``pasta_rag.PastaModel`` (or a ``pasta_rag.remote.RemoteModel``); pass the same one
+    to several instances to share it. Passing it as ``model=`` does the same."""
+    base_url: str | None = None
+    """A pasta-rag server (``pasta-rag serve``), e.g. ``http://localhost:8000/v1``: the model runs there and
+    steers what the marked text emphasizes (``pasta_rag.remote``). ``model``, if given, is its served name."""
+    api_key: SecretStr | None = None
+    """The server's ``--api-key`` (default ``$PASTA_RAG_API_KEY``).
+
+    ``api_key``, ``timeout`` and ``max_retries`` configure the connection to ``base_url`` only. Without
+    it they have no connection to configure, and are still accepted: LangChain's standard test suite
+    (``ChatModelUnitTests``) creates every chat model with ``api_key``, ``timeout`` and ``max_retries``,
+    so code written for a hosted model runs unchanged. They are kept, and shown in the model's params."""
+    timeout: float | None = Field(default=None, alias="request_timeout")
+    """Seconds to wait for the server's answer (see ``api_key``)."""
+    max_retries: int = 2
+    """Retries of a failed request to the server, the openai client's (see ``api_key``)."""
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Loading options for ``PastaModel.from_pretrained`` (``device``, ``dtype``, ``attn_implementation``...)."""
 
@@ -107,8 +130,9 @@ class PastaFields(BaseModel):
     def _check_init_arguments(cls, values: Any) -> Any:
         if not isinstance(values, dict):
             return values
-        values = {k: v for k, v in values.items() if k not in IGNORED_REMOTE_PARAMS}
-        if isinstance(values.get("model"), PastaModel):
+        if "timeout" in values:
+            values["request_timeout"] = values.pop("timeout")
+        if isinstance(values.get("model"), (PastaModel, RemoteModel)):
             if values.get("engine") is not None:
                 raise ValueError("Pass the loaded PastaModel as model= or as engine=, not both.")
             values["engine"] = values.pop("model")
@@ -129,7 +153,16 @@ class PastaFields(BaseModel):
 
     @model_validator(mode="after")
     def _load_and_check(self) -> PastaFields:
-        if self.engine is None:
+        if self.base_url is not None:
+            if self.engine is not None or self.model_kwargs:
+                raise ValueError("base_url runs the model on a server: pass no loaded model and no model_kwargs "
+                                 "with it.")
+            self.engine = RemoteModel(
+                self.base_url, api_key=self.api_key.get_secret_value() if self.api_key else None,
+                timeout=self.timeout, max_retries=self.max_retries,
+                model=self.model_name if "model_name" in self.model_fields_set else None)
+            self.model_name = self.engine.name
+        elif self.engine is None:
             self.engine = load_engine(self.model_name, **self.model_kwargs)
         elif "model_name" not in self.model_fields_set:
             self.model_name = self.engine.name
@@ -140,7 +173,7 @@ class PastaFields(BaseModel):
     # --- per call ------------------------------------------------------------------------
 
     @property
-    def _engine(self) -> PastaModel:
+    def _engine(self) -> Engine:
         assert self.engine is not None  # set by the validator
         return self.engine
 
@@ -224,6 +257,8 @@ class PastaFields(BaseModel):
         if finished:
             return finished[-1]
         engine = self._engine
+        if isinstance(engine, RemoteModel):  # its counts come with the end of the server's stream only
+            raise PastaError("The stream of the pasta-rag server ended before its usage: no token counts.")
         rendered = engine.render(request.prompt, emphasis=request.emphasis, spans=request.spans,
                                  tools=request.tools.get("tools"), tool_choice=request.tools.get("tool_choice"))
         prompt_tokens = len(engine.tokenizer(rendered.text, add_special_tokens=rendered.add_special_tokens)["input_ids"])
@@ -233,9 +268,12 @@ class PastaFields(BaseModel):
 
     def _settings_params(self) -> dict[str, Any]:
         steering = self._field_steering()
-        resolved = self._engine.resolve_steering(steering)
+        resolved = self._engine.resolve_steering(steering)  # a server's: as given (it resolves the rest)
         return {
             "model_name": self.model_name,
+            "base_url": self.base_url,
+            "timeout": self.timeout,
+            "max_retries": self.max_retries,
             "heads": _describe_heads(resolved, custom=steering.heads is not UNSET),
             "alpha": resolved.alpha,
             "steer_generated": resolved.steer_generated,

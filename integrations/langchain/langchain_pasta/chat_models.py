@@ -22,7 +22,8 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable, RunnableConfig
 from pydantic import BaseModel
 
-from pasta_rag import Generation
+from pasta_rag import Generation, PastaModel
+from pasta_rag.remote import RemoteModel
 from pasta_rag.streaming import iterate_in_thread
 
 from ._common import CoreRequest, PastaFields
@@ -236,16 +237,22 @@ class ChatPasta(PastaFields, BaseChatModel):
 
     def get_token_ids(self, text: str) -> list[int]:
         """The model's own tokens (no special tokens), not GPT-2's."""
-        return self._engine.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self._local_engine("token ids").tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def get_num_tokens_from_messages(
         self, messages: list[BaseMessage], tools: Sequence[ToolLike] | None = None
     ) -> int:
         """The exact prompt length: the messages (and tools) rendered as the model reads them."""
-        engine = self._engine
+        engine = self._local_engine("token counts")
         rendered = engine.render(to_core_messages(convert_to_messages(messages), pin_system=self.pin_system),
                                  tools=openai_tools(tools) if tools else None)
         return len(engine.tokenizer(rendered.text, add_special_tokens=rendered.add_special_tokens)["input_ids"])
+
+    def _local_engine(self, what: str) -> PastaModel:
+        if isinstance(self._engine, RemoteModel):
+            raise NotImplementedError(f"{what} of a model served at {self.base_url} are not known here (its "
+                                      "tokenizer is on the server); each answer's usage_metadata has its counts.")
+        return self._engine
 
     def _resolve_model_profile(self) -> ModelProfile | None:
         if self.engine is None:

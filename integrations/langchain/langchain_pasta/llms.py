@@ -73,9 +73,13 @@ class PastaLLM(PastaFields, BaseLLM):
         if self.streaming:
             generations = []
             for prompt in prompts:
-                chunks = list(self._stream(prompt, stop=stop, run_manager=run_manager, **kwargs))
-                text = "".join(chunk.text for chunk in chunks)
-                generations.append(self._streamed_usage(self._request(prompt, stop, dict(kwargs)), text))
+                request, finished = self._request(prompt, stop, dict(kwargs)), []
+                pieces = []
+                for text in self._stream_request(request, finished):
+                    pieces.append(text)
+                    if run_manager:
+                        run_manager.on_llm_new_token(text, chunk=GenerationChunk(text=text))
+                generations.append(self._streamed_usage(request, "".join(pieces), finished))
             return self._result(generations)
         requests = [self._request(prompt, stop, dict(kwargs)) for prompt in prompts]
         return self._result(self._generate_requests(requests))

@@ -429,9 +429,13 @@ def test_bad_settings_are_clear_errors(tiny_engine, params, message):
         ChatPasta(model=tiny_engine, **params)
 
 
-def test_remote_only_parameters_are_accepted_and_ignored(tiny_engine):
-    chat = ChatPasta(model=tiny_engine, api_key="unused", timeout=30, max_retries=2, max_new_tokens=3)
-    assert chat.max_tokens == 3
+def test_connection_parameters_are_kept_without_a_server(tiny_engine):
+    """The standard suite passes them to every chat model; they configure a base_url connection only."""
+    chat = ChatPasta(model=tiny_engine, api_key="unused", timeout=30, max_retries=3, max_new_tokens=3)
+    assert chat.max_tokens == 3 and chat.timeout == 30 and chat.api_key.get_secret_value() == "unused"
+    assert chat._identifying_params["max_retries"] == 3
+    with pytest.raises(ValidationError, match="pass no loaded model"):
+        ChatPasta(model=tiny_engine, base_url="http://127.0.0.1:9/v1")
 
 
 def test_bad_calls_are_clear_errors(chat):

@@ -38,11 +38,12 @@ from pydantic import SkipValidation
 
 from pasta_rag import PastaModel, SamplingSettings, Steering
 from pasta_rag.prompts import Prompt
+from pasta_rag.remote import RemoteModel
 from pasta_rag.settings import steering_keywords
 from pasta_rag.tools import closed_schema
 
 from . import responses
-from .loading import core_model, use_model_tokenizer
+from .loading import core_model, remote_model, use_model_tokenizer
 from .messages import core_messages, is_marked, system_message
 from .options import DECODING_OPTIONS, TOOL_OPTIONS, call_emphasis, call_sampling, call_steering, check_call_options
 from .templates import DEFAULT_CONTEXT_VARIABLES, TemplateEmphasis
@@ -155,6 +156,20 @@ class PastaLLM(TemplateEmphasis, CustomLLM, FunctionCallingLLM):
         description="Loading options for PastaModel.from_pretrained when the model is loaded by name "
         "(device, dtype, attn_implementation, ...).",
     )
+    base_url: str | None = Field(
+        default=None,
+        description="A pasta-rag server (`pasta-rag serve`), e.g. http://localhost:8000/v1: the model runs there "
+        "and steers what the marked text emphasizes (pasta_rag.remote). model_name, if given, is its served name.",
+    )
+    api_key: str | None = Field(
+        default=None, exclude=True,
+        description="The server's --api-key (default $PASTA_RAG_API_KEY). api_key, timeout and max_retries "
+        "configure the connection to base_url only; without it they are accepted and kept, as in langchain-pasta "
+        "(LangChain's standard test suite passes them to every chat model), so both integrations take the same "
+        "arguments.",
+    )
+    timeout: float | None = Field(default=None, description="Seconds to wait for the server's answer.")
+    max_retries: int = Field(default=2, description="Retries of a failed request to the server (the openai client's).")
     set_global_tokenizer: bool = Field(
         default=True,
         exclude=True,
@@ -162,19 +177,24 @@ class PastaLLM(TemplateEmphasis, CustomLLM, FunctionCallingLLM):
         "counts the tokens this model reads (and nothing fetches tiktoken files).",
     )
 
-    _model: PastaModel = PrivateAttr()
+    _model: PastaModel | RemoteModel = PrivateAttr()
 
     def __init__(self, model: PastaModel | str | os.PathLike | None = None, **kwargs: Any) -> None:
         """``model``: an already-loaded PastaModel (shared, not copied) or a name / path to load once
         per process (see ``load_shared_model``). Every other argument is a field of this class."""
         if isinstance(model, (str, os.PathLike)):
             kwargs["model_name"] = os.fspath(model)
-        core = core_model(model, kwargs.get("model_name", "default"), kwargs.get("model_kwargs", {}))
+        if kwargs.get("base_url") is not None:
+            core = remote_model(model, kwargs)
+            kwargs.setdefault("is_chat_model", True)  # the server renders messages with its model's template
+        else:
+            core = core_model(model, kwargs.get("model_name", "default"), kwargs.get("model_kwargs", {}))
         if isinstance(model, PastaModel):
             kwargs.setdefault("model_name", core.name)
         else:
             kwargs["model_name"] = core.name  # the loaded model's own name, not the alias asked for
-        kwargs.setdefault("is_chat_model", bool(getattr(core.tokenizer, "chat_template", None)))
+        if isinstance(core, PastaModel):
+            kwargs.setdefault("is_chat_model", bool(getattr(core.tokenizer, "chat_template", None)))
         window = kwargs.get("context_window") or core.context_window
         if window > core.context_window:
             raise ValueError(
@@ -185,7 +205,7 @@ class PastaLLM(TemplateEmphasis, CustomLLM, FunctionCallingLLM):
         self._model = core
         self._sampling({})  # the core checks the decoding fields now, not at the first query
         core.resolve_steering(self._steering({}, marked=True))  # and the steering ones, the head set included
-        if self.set_global_tokenizer:
+        if self.set_global_tokenizer and isinstance(core, PastaModel):  # a server's tokenizer is not here
             use_model_tokenizer(core)
 
     @field_validator("steering", mode="before")
@@ -203,7 +223,7 @@ class PastaLLM(TemplateEmphasis, CustomLLM, FunctionCallingLLM):
         return "PastaLLM"
 
     @property
-    def pasta_model(self) -> PastaModel:
+    def pasta_model(self) -> PastaModel | RemoteModel:
         """The wrapped core model, to share with other PastaLLM or LangChain objects."""
         return self._model
 

@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from pasta_rag import PastaModel
+from pasta_rag.remote import RemoteModel
 
 
 def load_shared_model(source: str | os.PathLike = "default", **load_kwargs: Any) -> PastaModel:
@@ -30,6 +31,14 @@ def core_model(
         f"model must be a pasta_rag.PastaModel, a model name or a path; got {type(model).__name__}. "
         "To wrap a transformers model, build PastaModel(model, tokenizer) first."
     )
+
+
+def remote_model(model: Any, fields: dict[str, Any]) -> RemoteModel:
+    """The server at ``fields["base_url"]``; ``model`` (or ``model_name``), if given, is its served name."""
+    if isinstance(model, PastaModel) or fields.get("model_kwargs"):
+        raise ValueError("base_url runs the model on a server: pass no loaded model and no model_kwargs with it.")
+    return RemoteModel(fields["base_url"], api_key=fields.get("api_key"), timeout=fields.get("timeout"),
+                       max_retries=fields.get("max_retries", 2), model=fields.get("model_name"))
 
 
 def use_model_tokenizer(core: PastaModel) -> None:
