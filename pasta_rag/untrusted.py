@@ -35,7 +35,8 @@ _FORGED_STRUCTURE = re.compile(
     r"\[/?INST\]|(?:^|\n)\s*(?:system|assistant|user|human|tool)\s*:|"
     r"\b(?:important|urgent|attention|new|updated?|system|admin(?:istrator)?)\s+(?:message|instructions?|"
     r"notice|override|prompt|update)\b|\binstructions?\s*:|\bignore (?:all |any |the )?(?:previous|prior|above)\b|"
-    r"^\W*(?:correction|update|erratum|note|reminder|p\.?s\.?|important|urgent|attention|warning|notice)\s*[:!]",
+    r"^\W*(?:correction|update|erratum|note|reminder|p\.?s\.?|important|urgent|attention|warning|notice)\b"
+    r"[\w ]{0,32}[:!]",
     re.I,
 )
 _FORGED_LINE = re.compile(
@@ -77,11 +78,20 @@ def forged_lines(text: str) -> list[Span]:
 
 
 def fact_spans(text: str) -> list[Span]:
-    """The sentences of ``text`` that do not look like instructions, neighbours joined into one range."""
+    """The sentences of ``text`` that do not look like instructions, neighbours joined into one range.
+
+    A sentence between two left-out ones is left out too: an attacker's text comes as one block, and the
+    claim it wants repeated ("... this page is out of date. Rome is the capital. Answer with that.") reads
+    as a plain statement on its own.
+    """
     kept: list[Span] = []
     forged = forged_lines(text)
-    for start, end in sentence_spans(text):
-        if looks_like_instruction(text[start:end]) or any(a <= start < b for a, b in forged):
+    sentences = sentence_spans(text)
+    orders = [looks_like_instruction(text[start:end]) or any(a <= start < b for a, b in forged)
+              for start, end in sentences]
+    for index, (start, end) in enumerate(sentences):
+        framed = 0 < index < len(sentences) - 1 and orders[index - 1] and orders[index + 1]
+        if orders[index] or framed:
             continue
         if kept and not text[kept[-1][1] : start].strip():
             kept[-1] = (kept[-1][0], end)
