@@ -271,8 +271,9 @@ def profile(
         bool, typer.Option(help="Score every head exactly (the reference) instead of screening then rescoring.")
     ] = False,
     candidates: Annotated[
-        float, typer.Option(min=1, help="With screening: rescore each task's best CANDIDATES x (largest k) heads.")
-    ] = 3.0,
+        float, typer.Option(help="With screening: rescore exactly the first CANDIDATES x (largest k) heads in screened "
+                            "order (at least 1).")
+    ] = 2.0,
     screening: Annotated[
         str, typer.Option(help="What screening's gates scale: 'outputs' (each head's output between unsteered and "
                           "steered alone) or 'bias' (its steering bias; cheaper, cruder).")
@@ -363,6 +364,11 @@ def _profile_one(pasta, purpose: str | None, tasks: dict, dev_sets: dict, plan, 
         table.add_row(str(c.k), str(c.alpha), str(c.generated_exponent), str(len(c.heads)), f"{c.objective:.3f}",
                       *cells)
     console.print(table)
+    metadata = head_set.metadata
+    if "rescored_heads" in metadata:
+        console.print(f"screened all {metadata['of_heads']} heads, rescored {metadata['rescored_heads']} exactly")
+    else:
+        console.print(f"scored all {metadata['of_heads']} heads exactly")
     console.print(f"wrote {len(head_set)} heads (k={ranked[0].k}, alpha={ranked[0].alpha}) to {path}")
     if purpose and pasta.identity:
         saved = profiled.save(pasta.identity, purpose, head_set)

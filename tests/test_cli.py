@@ -162,3 +162,17 @@ def test_round_order_balances_places_and_predecessors():
         assert sorted(order[place] for order in orders[:3]) == sorted(variants)
     pairs = [(order[i], order[i + 1]) for order in orders for i in range(2)]
     assert all(pairs.count((a, b)) == 2 for a in variants for b in variants if a != b)
+
+
+
+def test_profile_refuses_fewer_candidates_than_the_largest_k(model_dir, tmp_path):
+    record = {"id": "c1", "task": "knowledge_conflict", "context": "The tower is in Rome.", "question": "Where is it?",
+              "target_new": "Rome", "target_true": "Paris"}
+    tasks = tmp_path / "conflicts.jsonl"
+    tasks.write_text(json.dumps(record) + "\n")
+    out = tmp_path / "h.json"
+    result = runner.invoke(app, ["profile", "--model", str(model_dir), "--train", str(tasks), "--dev", str(tasks),
+                                 "--out", str(out), "--candidates", "0.5"])
+    assert result.exit_code == 2
+    assert "candidates must be at least 1" in result.output and "--exact" in result.output
+    assert not out.exists()

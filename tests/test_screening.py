@@ -14,14 +14,19 @@ from pasta_rag import PastaError
 from pasta_rag.research.profiling import (
     Checkpoint,
     candidate_heads,
+    intersect_top_k,
     profile_tasks,
+    rescoring_pool,
     score_heads,
     scoring_row,
     screen_heads,
     screen_tasks,
+    screened_order,
     spearman,
+    top_k,
     top_k_overlap,
 )
+from pasta_rag.research.profiling.pipeline import Plan
 from pasta_rag.research.profiling.screening import METHODS, biased_margins, patched_margins
 
 MARGINS = {"outputs": patched_margins, "bias": biased_margins}
@@ -95,6 +100,39 @@ def test_candidates_are_rescored_exactly_and_kept_apart_in_the_checkpoint(tmp_pa
         for pair in pool:
             assert rescored[name][pair] == pytest.approx(float(full[name][pair]), abs=1e-5)
     assert {"conflicts", f"conflicts@{len(pool)} candidates"} <= set(checkpoint.data["tasks"])
+    # among the candidates, the selection is the exact profiler's: rescoring only decides which heads are scored
+    among_pool = {name: torch.where(rescored[name].isnan(), torch.nan, full[name]) for name in tasks}
+    for k in range(1, len(pool) + 1):
+        assert intersect_top_k(rescored, k) == intersect_top_k(among_pool, k)
+
+
+def test_screened_order_is_the_order_heads_enter_the_intersection():
+    generator = torch.Generator().manual_seed(0)
+    screened = {name: torch.randn(5, 6, generator=generator) for name in ("a", "b", "c")}
+    order = screened_order(screened)
+    assert sorted(order) == [(layer, head) for layer in range(5) for head in range(6)]
+    for k in range(1, 31):
+        chosen = intersect_top_k(screened, k)
+        assert set(chosen) == set(order[: len(chosen)])  # every intersection is a prefix of the order
+    assert screened_order({"a": screened["a"]})[:4] == top_k(screened["a"], 4)  # one task: its own ranking
+    with pytest.raises(PastaError, match="at least one task"):
+        screened_order({})
+
+
+def test_the_rescoring_pool_is_candidates_times_the_largest_k_in_screened_order():
+    generator = torch.Generator().manual_seed(1)
+    screened = {name: torch.randn(5, 6, generator=generator) for name in ("a", "b")}
+    order = screened_order(screened)
+    assert rescoring_pool(screened, 2.0, 4) == sorted(order[:8])
+    assert rescoring_pool(screened, 1.0, 4) == sorted(order[:4])
+    assert rescoring_pool(screened, 2.5, 3) == sorted(order[:8])  # rounded
+    assert len(rescoring_pool(screened, 4.0, 20)) == 30  # never more than every head
+    for refused in (0.5, 0.0, -2.0, math.nan):
+        with pytest.raises(PastaError, match="candidates must be at least 1.*--exact"):
+            rescoring_pool(screened, refused, 4)
+        with pytest.raises(PastaError, match="candidates must be at least 1"):
+            Plan(candidates=refused)
+    assert Plan().candidates == 2.0
 
 
 def test_rank_helpers():
@@ -132,6 +170,9 @@ def test_profile_with_no_tasks_profiles_both_jobs_and_the_model_finds_them(tmp_p
     assert set(context["metadata"]["tasks"]) == {"conflicts", "conflicts_long"}
     assert set(instructions["metadata"]["tasks"]) == {"json", "pronouns"}
     assert "screened at once" in context["metadata"]["method"] and "screened_scores" in context["metadata"]
+    # --ks 4,8 on 12 heads: 2 x 8 candidates is every head
+    assert (context["metadata"]["rescored_heads"], context["metadata"]["of_heads"]) == (12, 12)
+    assert "screened all 12 heads, rescored 12 exactly" in result.output
     assert context["metadata"]["steer_generated"] is True and instructions["metadata"]["steer_generated"] is False
     tried = sorted(c.get("generated_exponent", 1.0) for c in context["metadata"]["candidates"])
     assert tried == [1.0, 1.0, 1.5]  # the k x alpha grid (k 4 and 8, alpha 0.1), then e = 1.5 at its best
@@ -145,6 +186,14 @@ def test_profile_with_no_tasks_profiles_both_jobs_and_the_model_finds_them(tmp_p
                                     "--ks", "4", "--job", "context", "--screening", "bias"])
     assert bias.exit_code == 0, bias.output
     assert (tmp_path / "bias.json").exists() and not (tmp_path / "bias.instructions.json").exists()
+    assert "screened all 12 heads, rescored 8 exactly" in bias.output  # 2 x 4 candidates
+    bias_metadata = json.loads((tmp_path / "bias.json").read_text())["metadata"]
+    assert (bias_metadata["rescored_heads"], bias_metadata["of_heads"]) == (8, 12)
+    assert sum(s is not None for scores in bias_metadata["head_scores"].values() for layer in scores.values()
+               for s in layer) == 8 * len(bias_metadata["tasks"])
+    assert "scored all 12 heads exactly" in exact.output
+    exact_metadata = json.loads((tmp_path / "exact.instructions.json").read_text())["metadata"]
+    assert "rescored_heads" not in exact_metadata and exact_metadata["of_heads"] == 12
     assert json.loads((tmp_path / "exact.instructions.json").read_text())["metadata"]["method"].startswith(
         "pasta-rag profile: one head steered at a time")
     assert not (tmp_path / "exact.json").exists()

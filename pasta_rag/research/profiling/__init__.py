@@ -26,7 +26,15 @@ from .rows import ScoringRow, contrast, end_of_turn_token, scoring_row, stop_row
 from .rows import _Batch as _Batch  # private, re-exported for the tests that check its margin
 from .run import Progress, profile_cost, profile_tasks
 from .scorer import LayerDone, score_heads
-from .screening import candidate_heads, screen_heads, screen_tasks, spearman, top_k_overlap
+from .screening import (
+    candidate_heads,
+    rescoring_pool,
+    screen_heads,
+    screen_tasks,
+    screened_order,
+    spearman,
+    top_k_overlap,
+)
 from .selection import Candidate, Pair, choose_heads, default_ks, intersect_top_k, profiled_head_set, top_k
 
 __all__ = [
@@ -42,6 +50,8 @@ __all__ = [
     "contrast",
     "default_ks",
     "candidate_heads",
+    "rescoring_pool",
+    "screened_order",
     "end_of_turn_token",
     "fingerprint",
     "intersect_top_k",

@@ -15,7 +15,7 @@ from ...heads import HeadSet
 from ..evaluation import Example
 from .checkpoint import Checkpoint
 from .run import profile_cost, profile_tasks
-from .screening import candidate_heads, screen_tasks
+from .screening import check_candidates, rescoring_pool, screen_tasks
 from .selection import Candidate, choose_heads, default_ks, profiled_head_set
 
 Stage = Callable[[str, float], Callable[[float], None]]
@@ -36,10 +36,13 @@ class Plan:
     """The first grid uses 1 (or the first given); the others are tried at its best k and alpha."""
     exact: bool = False
     """Score every head exactly (the reference) instead of screening then rescoring the candidates."""
-    candidates: float = 3.0
-    """With screening: each task's best ``candidates x (largest k)`` screened heads are rescored exactly."""
+    candidates: float = 2.0
+    """With screening: the first ``candidates x (largest k)`` heads in screened order are rescored exactly."""
     screening: str = "outputs"
     """What the screening gates scale: head outputs (attribution patching) or the steering bias (``screening``)."""
+
+    def __post_init__(self) -> None:
+        check_candidates(self.candidates)  # before a model is loaded
 
 
 def profile_head_set(
@@ -60,7 +63,7 @@ def profile_head_set(
         screened = screen_tasks(model, tasks, plan.alpha, stage(f"screening {layers * heads} heads", len(tasks)),
                                 method=plan.screening)
         largest = max(plan.ks) if plan.ks else max(default_ks(screened))
-        pool = candidate_heads(screened, min(layers * heads, round(plan.candidates * largest)))
+        pool = rescoring_pool(screened, plan.candidates, largest)
         advance = stage(f"rescoring {len(pool)} candidates exactly", profile_cost(layers, pool, heads) * len(tasks))
         scores = profile_tasks(model, tasks, plan.alpha, checkpoint, advance, heads=pool)
     sizes = list(plan.ks) if plan.ks else default_ks(scores)

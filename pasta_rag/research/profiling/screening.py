@@ -141,9 +141,38 @@ def patched_margins(
     return batch.margin(output.logits[:count, -1])
 
 
-def candidate_heads(screened: dict[str, torch.Tensor], per_task: int) -> list[Pair]:
-    """The union over tasks of each task's ``per_task`` best screened heads: what is rescored exactly."""
-    return sorted({pair for scores in screened.values() for pair in top_k(scores, per_task)})
+def screened_order(screened: Mapping[str, torch.Tensor]) -> list[Pair]:
+    """Every head, in the order it enters the intersection of the per-task screened top-k as k grows.
+
+    A head is in the intersection of every task's top k exactly when its worst rank over the tasks is at most k,
+    so heads are ordered by their worst rank (then their mean rank, then layer and head): the prefix of this
+    order is what the multi-task selection can pick, whatever k.
+    """
+    if not screened:
+        raise PastaError("Screening needs at least one task.")
+    ranks: dict[Pair, list[int]] = {}
+    for scores in screened.values():
+        for rank, pair in enumerate(top_k(scores, scores.numel())):
+            ranks.setdefault(pair, []).append(rank)
+    return sorted(ranks, key=lambda pair: (max(ranks[pair]), sum(ranks[pair]) / len(ranks[pair]), pair))
+
+
+def candidate_heads(screened: Mapping[str, torch.Tensor], count: int) -> list[Pair]:
+    """The first ``count`` heads in screened order (sorted by layer and head): what is rescored exactly."""
+    return sorted(screened_order(screened)[:count])
+
+
+def rescoring_pool(screened: Mapping[str, torch.Tensor], candidates: float, largest_k: int) -> list[Pair]:
+    """The first ``candidates x largest_k`` heads in screened order, rescored exactly (at most every head)."""
+    check_candidates(candidates)
+    return candidate_heads(screened, round(candidates * largest_k))
+
+
+def check_candidates(candidates: float) -> None:
+    """Below 1 the pool would hold fewer heads than the largest k tried can take, so it is refused."""
+    if not candidates >= 1:
+        raise PastaError(f"candidates must be at least 1 (the rescored pool holds candidates x the largest k "
+                         f"tried), got {candidates}; use 2-4, or profile with --exact to score every head exactly.")
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -145,7 +145,7 @@ def profiled_head_set(
     """The chosen heads, with the metadata that says how they were found (the ``--heads`` format).
 
     ``screened``: the screening estimates, when only the candidates were scored exactly (the others' exact
-    scores are then null).
+    scores are then null, and ``rescored_heads`` of ``of_heads`` says how many were scored).
     """
     best = ranked[0]
     scoring = ("one head steered at a time" if screened is None else
@@ -169,8 +169,16 @@ def profiled_head_set(
         ],
         "head_scores": _score_tables(task_scores),
         **({"screened_scores": _score_tables(screened)} if screened is not None else {}),
+        **({"rescored_heads": _scored_heads(task_scores)} if screened is not None else {}),
+        "of_heads": next(iter(task_scores.values())).numel(),
     }
     return HeadSet.from_pairs(best.heads, metadata)
+
+
+def _scored_heads(task_scores: Mapping[str, torch.Tensor]) -> int:
+    """How many heads have an exact score in some task (the rescored pool; every head without screening)."""
+    scored = torch.stack([~torch.isnan(scores) for scores in task_scores.values()]).any(dim=0)
+    return int(scored.sum())
 
 
 def _score_tables(task_scores: Mapping[str, torch.Tensor]) -> dict[str, dict[str, list[float | None]]]:

@@ -1,0 +1,210 @@
+"""Profiler cost at scale, on paper: each stage's measured cost on the default model, projected by FLOP counts.
+
+What it takes to profile the ``context`` job (the shipped tasks: short and long knowledge conflicts, chosen
+on three dev sets) for a Llama-like model of 1B, 8B or 70B parameters, on this machine's CPU and on one GPU,
+for three paths: the plain loop (one forward per head per example), the exact batched profiler with the dev
+choice (``--exact``) and screening + rescoring + dev choice (the default).
+
+Calibration, on the default model (SmolLM2-135M, the only model measured on every stage):
+- the plain loop and the exact batched profiler: ``results/profile_speed_smollm2.json``;
+- screening against the exact profiler on the same rows: ``results/profile_screening_smollm2.json``;
+- the dev choice (greedy generation, batched): timed here on the first ``--dev-examples`` records of each
+  dev set, steered with the model's shipped context set.
+Each stage's seconds on the default model divided by its FLOP count gives that stage's effective FLOP/s on
+this CPU; the larger models get the same FLOP/s (conservative: bigger matmuls run closer to the peak).
+FLOPs come from the model shapes, built here as transformers configs (no hub): 2 x (weights used per
+token) plus the attention scores and values over the prompt.
+
+On the GPU every stage runs at ``--gpu-flops`` x ``--gpu-utilisation`` (float32: the profiler scores in
+float32, because bfloat16 changes the head order), except the decoding of the dev answers, which is bound by
+reading the weights once per step of a batch: ``--gpu-bandwidth`` x ``--gpu-utilisation`` per batch of 8.
+
+    python benchmarks/profile_scale.py --out benchmarks/results/profile_scale.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig
+
+from pasta_rag import PastaModel
+from pasta_rag.research.bench import machine
+from pasta_rag.research.evaluation import NEW_TOKENS, evaluate
+from pasta_rag.research.profiling import JOBS, default_ks, scoring_row, shipped_tasks
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+SHAPES = {
+    # name: (hidden, intermediate, layers, heads, kv heads, vocab, tied embeddings)
+    "smollm2-135m": (576, 1536, 30, 9, 3, 49152, True),  # the default model, the calibration
+    "llama-1b": (2048, 8192, 16, 32, 8, 128256, True),  # Llama 3.2 1B's shape
+    "llama-8b": (4096, 14336, 32, 32, 8, 128256, False),  # Llama 3.1 8B's
+    "llama-70b": (8192, 28672, 80, 64, 8, 128256, False),  # Llama 3.1 70B's
+}
+DEV_BATCH = 8  # evaluate()'s batch size
+
+
+def config(name: str) -> LlamaConfig:
+    hidden, intermediate, layers, heads, kv_heads, vocab, tied = SHAPES[name]
+    return LlamaConfig(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+                       num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=vocab,
+                       tie_word_embeddings=tied)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the FLOP counts need from a config."""
+
+    layer_weights: int  # matmul weights of all decoder layers
+    embedding: int  # the output projection's weights (the input embedding is a lookup)
+    parameters: int
+    layers: int
+    heads: int
+    attention_width: int  # heads x head_dim
+
+    @classmethod
+    def of(cls, c: LlamaConfig) -> Shape:
+        head_dim = c.hidden_size // c.num_attention_heads
+        attention = 2 * c.hidden_size * c.hidden_size + 2 * c.hidden_size * c.num_key_value_heads * head_dim
+        per_layer = attention + 3 * c.hidden_size * c.intermediate_size
+        embedding = c.vocab_size * c.hidden_size
+        parameters = c.num_hidden_layers * per_layer + embedding * (1 if c.tie_word_embeddings else 2)
+        return cls(c.num_hidden_layers * per_layer, embedding, parameters, c.num_hidden_layers,
+                   c.num_hidden_layers * c.num_attention_heads, c.num_attention_heads * head_dim)
+
+    def prefill(self, tokens: float) -> float:
+        """FLOPs of one forward over ``tokens`` prompt tokens, logits at the last position only."""
+        attention = 2 * 2 * self.layers * self.attention_width * tokens * (tokens + 1) / 2
+        return 2 * self.layer_weights * tokens + attention + 2 * self.embedding
+
+    def decode(self, context: float) -> float:
+        """FLOPs of one generated token after ``context`` tokens."""
+        return 2 * self.layer_weights + 2 * 2 * self.layers * self.attention_width * context + 2 * self.embedding
+
+
+def mean_tokens(model: PastaModel, sets: dict) -> float:
+    rows = [scoring_row(model, example) for examples in sets.values() for example in examples]
+    return sum(len(row.input_ids) for row in rows) / len(rows)
+
+
+def time_dev(model: PastaModel, dev_sets: dict, count: int) -> tuple[float, int]:
+    """Seconds per dev example of one candidate (greedy, batched, steered), and the examples timed."""
+    sample = [example for examples in dev_sets.values() for example in examples[:count]]
+    started = time.perf_counter()
+    evaluate(model, sample, ["pasta"], es=False)
+    return (time.perf_counter() - started) / len(sample), len(sample)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dev-examples", type=int, default=8, help="per dev set, for timing the dev choice")
+    parser.add_argument("--largest-k-share", type=float, default=0.15,
+                        help="largest k tried, as a share of all heads, for the projected models")
+    parser.add_argument("--candidates", type=float, default=2.0, help="the rescored pool: candidates x largest k")
+    parser.add_argument("--gpu-flops", type=float, default=67e12, help="float32 peak (H100/H200 SXM, no TF32)")
+    parser.add_argument("--gpu-bandwidth", type=float, default=4.8e12, help="bytes/s (H200)")
+    parser.add_argument("--gpu-memory", type=float, default=141e9, help="bytes")
+    parser.add_argument("--gpu-utilisation", type=float, default=0.5)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+
+    job = JOBS["context"]
+    train, dev_sets = shipped_tasks("train", job.train), shipped_tasks("dev", job.dev)
+    model = PastaModel.from_pretrained("default")
+    train_tokens, dev_tokens = mean_tokens(model, train), mean_tokens(model, dev_sets)
+    dev_s, dev_timed = time_dev(model, dev_sets, args.dev_examples)
+    new_tokens = NEW_TOKENS["knowledge_conflict"]
+
+    speed = json.loads((RESULTS / "profile_speed_smollm2.json").read_text())
+    screening = json.loads((RESULTS / "profile_screening_smollm2.json").read_text())
+    speed_tokens = mean_tokens(model, shipped_tasks("train", tuple(speed["tasks"])))
+    speed_examples = sum(speed["tasks"].values())
+    same_rows = screening["tasks"].values()
+    screening_share = sum(t["outputs"]["screening_s"] for t in same_rows) / sum(t["exact_s"] for t in same_rows)
+
+    base = Shape.of(config("smollm2-135m"))
+    assert base.heads == speed["heads"], "the calibration model's shape is not the measured model's"
+    plain_s = speed["plain_s_estimated"] / speed_examples  # per example, every head
+    cpu_flops = base.heads * base.prefill(speed_tokens) / plain_s  # the plain loop's effective FLOP/s
+    exact_factor = 1 / speed["speedup"]  # the exact profiler's share of the plain loop's work
+    screening_forwards = screening_share * exact_factor * base.heads  # screening, in plain forwards
+    dev_flops_base = base.prefill(dev_tokens) + new_tokens * base.decode(dev_tokens + new_tokens / 2)
+    cpu_dev_flops = dev_flops_base / dev_s
+
+    n_train = sum(len(examples) for examples in train.values())
+    n_dev = sum(len(examples) for examples in dev_sets.values())
+    n_candidates = 5 * len(job.alphas) + len(job.generated_exponents) - 1  # the default ks x alphas, then exponents
+    gpu = args.gpu_flops * args.gpu_utilisation
+
+    projections = {}
+    for name in SHAPES:
+        shape = Shape.of(config(name))
+        largest_k = round(args.largest_k_share * shape.heads) if name != "smollm2-135m" else None
+        if largest_k is None:  # the default model: its own default ks, from its shipped exact scores
+            scores = {task: torch.tensor([[float("nan") if s is None else s for s in layer] for layer in
+                                          table.values()])
+                      for task, table in model.own_head_set("context").metadata["head_scores"].items()}
+            largest_k = max(default_ks(scores))
+        pool = min(shape.heads, round(args.candidates * largest_k))
+        forward = shape.prefill(train_tokens)
+        flops = {
+            "plain_loop": n_train * shape.heads * forward,
+            "exact_scoring": n_train * shape.heads * forward * exact_factor,
+            "screening": n_train * screening_forwards * forward,
+            "rescoring": n_train * pool * forward * exact_factor,
+        }
+        dev_compute = shape.prefill(dev_tokens) + new_tokens * shape.decode(dev_tokens + new_tokens / 2)
+        dev_decode_bytes = new_tokens * 4 * shape.parameters / DEV_BATCH  # weights read once per step of a batch
+        dev_total = n_candidates * n_dev
+        entry = {"parameters": shape.parameters, "heads": shape.heads, "largest_k": largest_k, "rescored": pool,
+                 "float32_weights_gb": round(4 * shape.parameters / 1e9, 1), "flops": {k: f"{v:.3g}" for k, v in
+                                                                                       flops.items()}}
+        for device, rate, dev_one in (
+            ("cpu", cpu_flops, dev_compute / cpu_dev_flops),
+            ("gpu", gpu, dev_compute / gpu + dev_decode_bytes / (args.gpu_bandwidth * args.gpu_utilisation)),
+        ):
+            stages = {stage: value / rate for stage, value in flops.items()} | {"dev_choice": dev_one * dev_total}
+            paths = {
+                "plain_loop_plus_dev": stages["plain_loop"] + stages["dev_choice"],
+                "exact": stages["exact_scoring"] + stages["dev_choice"],
+                "screened": stages["screening"] + stages["rescoring"] + stages["dev_choice"],
+            }
+            memory = 23e9 if device == "cpu" else args.gpu_memory  # this machine's RAM / the GPU's
+            entry[device] = {"fits_in_float32": 4 * shape.parameters < memory,
+                             "stage_s": {k: round(v, 1) for k, v in stages.items()},
+                             "path_h": {k: round(v / 3600, 2) for k, v in paths.items()}}
+        projections[name] = entry
+
+    report = {
+        "command": "python benchmarks/profile_scale.py " + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out") + f" --out {args.out}",
+        "machine": f"{machine(str(model.device))}, {torch.get_num_threads()} threads, float32",
+        "job": "context",
+        "work": {"train_examples": n_train, "train_tokens_mean": round(train_tokens, 1), "dev_examples": n_dev,
+                 "dev_tokens_mean": round(dev_tokens, 1), "new_tokens": new_tokens, "dev_candidates": n_candidates},
+        "calibration": {
+            "plain_loop_s_per_example": round(plain_s, 2), "from": "results/profile_speed_smollm2.json",
+            "cpu_effective_gflops": round(cpu_flops / 1e9, 1),
+            "exact_share_of_plain": round(exact_factor, 3),
+            "screening_share_of_exact": round(screening_share, 3),
+            "screening_in_plain_forwards": round(screening_forwards, 2),
+            "dev_s_per_example_per_candidate": round(dev_s, 2), "dev_examples_timed": dev_timed,
+            "dev_effective_gflops": round(cpu_dev_flops / 1e9, 1),
+        },
+        "gpu_assumed": {"flops": args.gpu_flops, "bandwidth": args.gpu_bandwidth, "memory": args.gpu_memory,
+                        "utilisation": args.gpu_utilisation},
+        "models": projections,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
