@@ -9,7 +9,7 @@ conversations). The system prompt says to answer in French. Per turn:
 * ``valid_call``: the forced first call (tool_choice="any": the model picks the tool) parsed and matched
   its tool's schema (no invalid tool call);
 * ``right_tool``: it called the tool that answers the question;
-* ``copied_result``: the answer repeats the tool result's ``<tool_response>`` text instead of answering.
+* ``copied_result``: the answer repeats a tool result of the conversation instead of answering.
 
     python benchmarks/agents.py --conversations 20 --turns 2 --out benchmarks/results/agents_smollm2.json
     python benchmarks/agents.py --conversations 2 --show 2      # a small sample, conversations printed
@@ -51,7 +51,7 @@ def conversation(index: int, turns: int) -> list[tuple[str, str]]:
 
 def run_conversation(agent, asked: list[tuple[str, str]]) -> list[dict]:
     """The agent's turns, scored."""
-    history, scored = [], []
+    history, scored, seen = [], [], []
     for question, expected in asked:
         result = agent.invoke({"messages": [*history, HumanMessage(question)]})
         added = result["messages"][len(history) + 1:]
@@ -59,7 +59,7 @@ def run_conversation(agent, asked: list[tuple[str, str]]) -> list[dict]:
         first = next((m for m in added if isinstance(m, AIMessage)), None)
         calls = first.tool_calls if first is not None else []
         answer = final_answer(added)
-        results = [m.text for m in added if isinstance(m, ToolMessage)]
+        seen += [m.text for m in added if isinstance(m, ToolMessage)]
         scored.append({
             "question": question,
             "expected_tool": expected,
@@ -69,9 +69,16 @@ def run_conversation(agent, asked: list[tuple[str, str]]) -> list[dict]:
             "right_tool": bool(calls) and calls[0]["name"] == expected,
             "answer": answer,
             "kept": in_french(answer),
-            "copied_result": "tool_response" in answer or any(r[:40] in answer for r in results if r),
+            "copied_result": copies_a_result(answer, seen),
         })
     return scored
+
+
+def copies_a_result(answer: str, results: list[str]) -> bool:
+    """Whether the answer repeats a tool result of the conversation (this turn's or an earlier one's)
+    instead of answering: its opening, past any ``<tool_response>`` tag, is a line of a result."""
+    opening = answer.replace("<tool_response>", "").strip()[:30]
+    return bool(opening) and any(opening in result for result in results)
 
 
 def share(turns: list[dict], key: str) -> float:
