@@ -9,6 +9,7 @@ from typing import Any
 from tiny import char_tokenizer, tiny_model
 
 from pasta_rag import UNSET, PastaModel, Steering
+from pasta_rag.streaming import TextStream
 
 
 def tiny_pasta_model(chat_template: bool = True) -> PastaModel:
@@ -60,7 +61,8 @@ class Call:
 
 @dataclass
 class CoreSpy:
-    """Records what PastaLLM hands the core model (generate and stream), and what came back."""
+    """Records what PastaLLM hands the core model (generate and stream), and what came back; a spied stream
+    is still the core's ``TextStream`` (its ``generation``, with a streamed tool call, reaches PastaLLM)."""
 
     core: PastaModel
     calls: list[Call] = field(default_factory=list)
@@ -76,13 +78,18 @@ class CoreSpy:
 
         def spy_stream(prompt, **kwargs):
             call = self._record(prompt, kwargs)
-            chunks = stream(prompt, **kwargs)
-            try:
-                for chunk in chunks:
-                    call.output += chunk
-                    yield chunk
-            finally:
-                chunks.close()
+            inner = stream(prompt, **kwargs)
+
+            def chunks(outer: TextStream):
+                try:
+                    for chunk in inner:
+                        call.output += chunk
+                        yield chunk
+                    outer.generation = inner.generation  # a streamed tool call is read from it at the end
+                finally:
+                    inner.close()
+
+            return TextStream(chunks)
 
         self.core.generate, self.core.stream = spy_generate, spy_stream
 
@@ -91,7 +98,8 @@ class CoreSpy:
         del self.core.generate, self.core.stream
 
     def _record(self, prompt, kwargs) -> Call:
-        rendered = self.core.render(prompt, emphasis=kwargs.get("emphasis"))
+        rendered = self.core.render(prompt, emphasis=kwargs.get("emphasis"), tools=kwargs.get("tools"),
+                                    tool_choice=kwargs.get("tool_choice"))  # tools change the system message
         call = Call(prompt, self._flat(kwargs), rendered.text, rendered.spans, dict(rendered.groups))
         self.calls.append(call)
         return call
