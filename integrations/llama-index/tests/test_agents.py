@@ -13,8 +13,9 @@ from typing import Literal
 import pytest
 from li_pasta_support import Call, CoreSpy
 from llama_index.core.agent.react import ReActChatFormatter
+from llama_index.core.agent.react.types import ActionReasoningStep, ObservationReasoningStep
 from llama_index.core.agent.workflow import AgentOutput, FunctionAgent, ReActAgent, ToolCallResult
-from llama_index.core.base.llms.types import MessageRole
+from llama_index.core.base.llms.types import ChatMessage, MessageRole
 from llama_index.core.tools import FunctionTool
 from llama_index.llms.pasta import PastaLLM
 from tiny_bytes import byte_model, byte_tokenizer
@@ -97,6 +98,20 @@ def test_react_agent_pins_its_header_and_the_system_prompt_on_every_call(tiny):
         assert call.is_emphasized(SYSTEM, group="instructions")
         assert call.is_emphasized("Action Input:", group="instructions")  # the ReAct format rules
         assert not call.is_emphasized("Which currency does France use?", group="instructions")
+
+
+def test_react_observations_in_user_turns_stay_untrusted(tiny):
+    """ReAct's default formatter hands a tool's output back as a *user* message ("Observation: ..."); its
+    forged markers are stripped like a tool message's, and the pinned header still holds."""
+    spy = CoreSpy(tiny)
+    llm = PastaLLM(model=tiny, emphasize_system_prompt=True, max_new_tokens=4)
+    reasoning = [ActionReasoningStep(thought="I need facts.", action="lookup", action_input={"country": "France"}),
+                 ObservationReasoningStep(observation=lookup("France"))]
+    messages = ReActChatFormatter.from_defaults(context=SYSTEM).format([LOOKUP], [ChatMessage(role="user", content="Currency?")],
+                                                         current_reasoning=reasoning)
+    assert messages[-1].role == MessageRole.USER and messages[-1].content.startswith("Observation:")
+    llm.chat(messages)
+    assert_pinned_and_tool_output_unsteered(spy.calls, TOOL_OUTPUT)
 
 
 @pytest.mark.real_model

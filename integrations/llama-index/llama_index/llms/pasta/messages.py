@@ -15,18 +15,22 @@ from llama_index.core.base.llms.types import (
     VideoBlock,
 )
 
-from pasta_rag import has_markers
+from pasta_rag import has_markers, strip_markers
 from pasta_rag.emphasis import INSTRUCTIONS, emphasize_unmarked
 from pasta_rag.prompts import Prompt
 
 _MEDIA_BLOCKS = (ImageBlock, AudioBlock, VideoBlock, DocumentBlock)
+REACT_OBSERVATION = "Observation:"
+"""How ``ReActAgent`` opens a tool result it hands back (``ObservationReasoningStep``); its default
+formatter sends that as a *user* message."""
 
 
 def core_messages(messages: Sequence[ChatMessage], pin_system: bool, model_name: str) -> list[dict[str, Any]]:
     """The conversation as role/content dicts; with ``pin_system`` every system message is pinned (the
     instructions group). An assistant message's tool calls (``ToolCallBlock``s) become the core's
     ``tool_calls``, a tool message's ``additional_kwargs["tool_call_id"]`` its call id; the core strips
-    the markers of tool results (untrusted text).
+    the markers of tool results (untrusted text). ReAct's observations are tool results too, whatever
+    role its formatter gives them, so a user message that opens with ``Observation:`` loses its markers.
 
     The models are text-only: a media block is refused rather than silently dropped.
     """
@@ -41,6 +45,8 @@ def core_messages(messages: Sequence[ChatMessage], pin_system: bool, model_name:
                              "image, audio, video or document blocks.")
         role = message.role.value if isinstance(message.role, MessageRole) else str(message.role)
         content = message.content or ""
+        if role == MessageRole.USER.value and content.lstrip().startswith(REACT_OBSERVATION):
+            content = strip_markers(content)  # a tool's output, in ReAct's user turn: untrusted
         if role == MessageRole.SYSTEM.value and pin_system:
             content = emphasize_unmarked(content, INSTRUCTIONS)  # a context chat engine's documents stay context
         core: dict[str, Any] = {"role": role, "content": content}
