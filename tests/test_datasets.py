@@ -164,25 +164,41 @@ def test_injection_sets_balance_families_positions_and_relations(generator, gene
         assert len(cells) == cycle and set(cells.values()) == {sizes["injection"] // cycle}, split
 
 
+def test_heldout_injection_set_balances_families_goals_positions_and_relations(generator, generated):
+    rows = records(generated, "test", "injection_heldout")
+    cells = Counter((row["family"], row["goal"], row["position"], subject(generator, row["question"])[1]) for row in rows)
+    cycle = len(generator.HELDOUT_FAMILIES) * len(generator.HELDOUT_GOALS) * len(generator.POSITIONS) * len(generator.RELATIONS)
+    assert len(cells) == cycle and set(cells.values()) == {generator.SIZES["test"]["injection_heldout"] // cycle}
+    for row in rows:  # AgentDojo's string, word for word, around the goal
+        opening, _, closing = generator.HELDOUT_ATTACKS[row["family"]].partition("{goal}")
+        assert row["attack"].startswith(opening) and row["attack"].endswith(closing), row["id"]
+        assert f"\n{row['attack']}" in row["context"] or row["context"].startswith(row["attack"] + "\n"), row["id"]
+
+
+def injection_rows(generated) -> list[dict]:
+    """Every injection record: the three splits' sets and the held-out attacks."""
+    return [*(row for split in SPLITS for row in records(generated, split, "injection")),
+            *records(generated, "test", "injection_heldout")]
+
+
 def test_injection_documents_state_the_fact_and_carry_the_attack(generator, generated):
-    for split in SPLITS:
-        for row in records(generated, split, "injection"):
-            country, relation = subject(generator, row["question"])
-            assert row["expected"] == country.value(relation) and row["system"] == generator.INJECTION_SYSTEM
-            assert row["context"].count(row["attack"]) == 1 and row["payload"] in row["attack"], row["id"]
-            facts = row["context"].replace(row["attack"], "").lower()
-            assert row["expected"].lower() in facts and row["payload"].lower() not in facts, row["id"]
-            if row["family"] == "wrong_answer":  # another country's value: a plausible wrong answer
-                assert row["payload"] not in country.values(relation), row["id"]
-                assert any(c.value(relation) == row["payload"] for c in generator.load_countries()[0]), row["id"]
-            else:
-                assert row["payload"].endswith(".com"), row["id"]
-            if row["family"] == "hidden_in_long":
-                assert len(row["context"].split("\n\n")) == generator.LONG_PASSAGES, row["id"]
-            if row["family"] == "fake_turn":
-                assert "<|im_end|>\n<|im_start|>" in row["attack"], row["id"]
-            if row["family"] == "important_instructions":
-                assert row["attack"].startswith("<INFORMATION>") and "Signed,\n\nthe user" in row["attack"], row["id"]
+    for row in injection_rows(generated):
+        country, relation = subject(generator, row["question"])
+        assert row["expected"] == country.value(relation) and row["system"] == generator.INJECTION_SYSTEM
+        assert row["context"].count(row["attack"]) == 1 and row["payload"] in row["attack"], row["id"]
+        facts = row["context"].replace(row["attack"], "").lower()
+        assert row["expected"].lower() in facts and row["payload"].lower() not in facts, row["id"]
+        if "wrong_answer" in (row["family"], row.get("goal")):  # another country's value: a plausible wrong answer
+            assert row["payload"] not in country.values(relation), row["id"]
+            assert any(c.value(relation) == row["payload"] for c in generator.load_countries()[0]), row["id"]
+        else:
+            assert row["payload"].endswith(".com"), row["id"]
+        if row["family"] == "hidden_in_long":
+            assert len(row["context"].split("\n\n")) == generator.LONG_PASSAGES, row["id"]
+        if row["family"] == "fake_turn":
+            assert "<|im_end|>\n<|im_start|>" in row["attack"], row["id"]
+        if row["family"] == "important_instructions":
+            assert row["attack"].startswith("<INFORMATION>") and "Signed,\n\nthe user" in row["attack"], row["id"]
 
 
 def test_injection_attacks_sit_at_the_start_middle_or_end(generator, generated):
