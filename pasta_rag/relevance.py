@@ -7,6 +7,11 @@ spans (each retrieved document is one), those that BM25 (``bm25s``) ranks highes
 the prompt (the question, the instruction around it), and steers only those. The retriever ranked the
 documents against the question already; this ranks them again against the words the prompt
 actually asks with, so a relevant passage the retriever put second is still found.
+
+The passages are their own BM25 corpus, so a word they all share looks common and weighs little. Copies
+of one passage (a page and its mirror, overlapping chunks) count as one document there: otherwise the
+question's subject, which every copy names, would weigh less than a word of the question that only an
+unrelated passage holds, and the copies would lose to it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from .emphasis import Span
 RELEVANT_SHARE = 1.0
 """A span is kept when its score is at least this share of the best span's: 1.0 keeps the best (and its
 ties). Chosen on the dev long-context chains against 0.5 and 0.7 (benchmarks/README.md, "RAG chains")."""
+
+COPY_OVERLAP = 0.9
+"""Two passages are copies when this share of the shorter one's distinct words is in the other."""
 
 
 def relevant_spans(text: str, spans: Sequence[Span], share: float | None = None) -> list[Span]:
@@ -56,15 +64,33 @@ def _outside(text: str, spans: Sequence[Span]) -> str:
 
 
 def _bm25_scores(passages: list[str], query: str) -> list[float]:
-    """BM25 score of each passage for ``query``, the passages themselves as the corpus (English stopwords)."""
-    corpus = bm25s.tokenize(passages, stopwords="en", show_progress=False)
-    if not corpus.vocab:  # every passage is stopwords and one-letter words: nothing to rank them by
+    """BM25 score of each passage for ``query``, the passages themselves as the corpus (English stopwords);
+    a copy of an earlier passage is not indexed again and gets that passage's score."""
+    words = bm25s.tokenize(passages, stopwords="en", return_ids=False, show_progress=False)
+    if not any(words):  # every passage is stopwords and one-letter words: nothing to rank them by
         return [0.0] * len(passages)
+    original = _originals(words)
+    indexed = sorted(set(original))
     retriever = bm25s.BM25()
-    retriever.index(corpus, show_progress=False)
+    retriever.index(bm25s.tokenize([passages[i] for i in indexed], stopwords="en", show_progress=False),
+                    show_progress=False)
     tokens = bm25s.tokenize([query], stopwords="en", show_progress=False)
     if not tokens.ids or not tokens.ids[0]:
         return [0.0] * len(passages)
-    documents, scores = retriever.retrieve(tokens, k=len(passages), show_progress=False)
-    by_passage = dict(zip(documents[0].tolist(), scores[0].tolist()))
-    return [float(by_passage.get(i, 0.0)) for i in range(len(passages))]
+    documents, scores = retriever.retrieve(tokens, k=len(indexed), show_progress=False)
+    by_indexed = {indexed[d]: float(score) for d, score in zip(documents[0].tolist(), scores[0].tolist())}
+    return [by_indexed.get(original[i], 0.0) for i in range(len(passages))]
+
+
+def _originals(words: list[list[str]]) -> list[int]:
+    """For each passage, the first passage it is a copy of (``COPY_OVERLAP``), itself when none."""
+    sets = [set(w) for w in words]
+    original = []
+    for i, mine in enumerate(sets):
+        original.append(next((j for j in range(i) if original[j] == j and _copies(mine, sets[j])), i))
+    return original
+
+
+def _copies(a: set[str], b: set[str]) -> bool:
+    shorter = min(len(a), len(b))
+    return shorter > 0 and len(a & b) >= COPY_OVERLAP * shorter

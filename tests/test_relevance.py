@@ -40,6 +40,21 @@ def test_passages_close_to_the_best_are_kept_with_a_lower_share():
     assert text[slice(*best)] in kept
 
 
+def test_copies_of_the_relevant_passage_all_win_over_a_passage_sharing_a_common_word():
+    """Three copies name the question's subject; only the unrelated passage has "currency". Indexed three
+    times, the subject would look common and weigh less than "currency": the copies count once."""
+    relevant = "In Ukraine, people pay with the Norwegian Krone."
+    unrelated = "The capital of Armenia, in Western Asia, is Yerevan. Its currency is the Armenian Dram."
+    passages = [relevant, f"Encyclopedia entry: {relevant}", unrelated, f"Travel guide: {relevant}"]
+    text = "Context:\n" + "\n\n".join(passages) + "\n\nQuestion: What currency is used in Ukraine?"
+    kept = [text[s:e] for s, e in relevant_spans(text, spans_of(text, passages))]
+    assert kept == [p for p in passages if p != unrelated]
+    # not copies: passages that share some words but say other things are ranked apart
+    others = [relevant, "Ukraine lies in Eastern Europe. Its capital city is Kyiv.", unrelated]
+    text = "\n\n".join(others) + "\n\nQuestion: What currency is used in Ukraine?"
+    assert len(relevant_spans(text, spans_of(text, others))) == 1
+
+
 def test_one_span_stays_and_no_question_falls_back_to_the_first():
     text = "\n\n".join(PASSAGES)
     assert relevant_spans(text, spans_of(text, PASSAGES[:1])) == spans_of(text, PASSAGES[:1])
