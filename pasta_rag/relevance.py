@@ -69,15 +69,14 @@ def _bm25_scores(passages: list[str], query: str) -> list[float]:
     words = bm25s.tokenize(passages, stopwords="en", return_ids=False, show_progress=False)
     if not any(words):  # every passage is stopwords and one-letter words: nothing to rank them by
         return [0.0] * len(passages)
+    query_words = bm25s.tokenize([query], stopwords="en", return_ids=False, show_progress=False)
+    if not query_words[0]:
+        return [0.0] * len(passages)
     original = _originals(words)
     indexed = sorted(set(original))
     retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize([passages[i] for i in indexed], stopwords="en", show_progress=False),
-                    show_progress=False)
-    tokens = bm25s.tokenize([query], stopwords="en", show_progress=False)
-    if not tokens.ids or not tokens.ids[0]:
-        return [0.0] * len(passages)
-    documents, scores = retriever.retrieve(tokens, k=len(indexed), show_progress=False)
+    retriever.index([words[i] for i in indexed], show_progress=False)
+    documents, scores = retriever.retrieve(query_words, k=len(indexed), show_progress=False)
     by_indexed = {indexed[d]: float(score) for d, score in zip(documents[0].tolist(), scores[0].tolist())}
     return [by_indexed.get(original[i], 0.0) for i in range(len(passages))]
 

@@ -107,8 +107,8 @@ def test_react_observations_in_user_turns_stay_untrusted(tiny):
     llm = PastaLLM(model=tiny, emphasize_system_prompt=True, max_new_tokens=4)
     reasoning = [ActionReasoningStep(thought="I need facts.", action="lookup", action_input={"country": "France"}),
                  ObservationReasoningStep(observation=lookup("France"))]
-    messages = ReActChatFormatter.from_defaults(context=SYSTEM).format([LOOKUP], [ChatMessage(role="user", content="Currency?")],
-                                                         current_reasoning=reasoning)
+    formatter = ReActChatFormatter.from_defaults(context=SYSTEM)  # observations as user messages, its default
+    messages = formatter.format([LOOKUP], [ChatMessage(role="user", content="Currency?")], current_reasoning=reasoning)
     assert messages[-1].role == MessageRole.USER and messages[-1].content.startswith("Observation:")
     llm.chat(messages)
     assert_pinned_and_tool_output_unsteered(spy.calls, TOOL_OUTPUT)
