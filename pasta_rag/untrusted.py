@@ -8,9 +8,12 @@ the assistant or as a forged turn of the conversation; those sentences stay in t
 
 The test is deliberately blunt (word lists, no model): it runs on every document of every call,
 and a fact sentence it wrongly leaves out only loses its emphasis, while an order it wrongly keeps
-is what the attacker wants. A sentence is an order when it speaks to the model (imperative verbs
-of the prompt-injection literature at its start, "you must", "do not") or forges structure (chat
-template tokens, "system:" / "assistant:" role labels, "<tool_call>", "IMPORTANT" banners).
+is what the attacker wants. A sentence is left out when it gives an order (imperative verbs of the
+prompt-injection literature at its start, "do not"), when it speaks to the reader or of the
+conversation at all ("you", the user, the assistant, the AI, its prompt or instructions: facts about
+the world need none of them), or when it forges structure (chat template tokens, "system:" /
+"assistant:" role labels, "<tool_call>", "IMPORTANT" banners, tags and runs of symbols). The price
+is paid by documents written to their reader (a how-to, an email): their "you" sentences stay unsteered.
 """
 
 from __future__ import annotations
@@ -46,8 +49,15 @@ _FORGED_LINE = re.compile(
 )
 """A line that forges a tool result: a JSON record, a ``[TOOL RESULT]`` or ``<tool_response>`` tag, a "Tool output"
 label. Its sentences are all left out, however harmless each reads alone."""
-_ADDRESSES_MODEL = re.compile(r"\b(?:you|your)\b.*\b(?:must|should|need to|have to|will|are to|answer|reply|say)\b",
-                              re.I)
+_SPEAKS_OF_THE_CONVERSATION = re.compile(
+    r"\b(?:you|your|yours|yourself|the user|users'?|assistants?|chatbots?|ai|llms?|language models?|gpt\w*|"
+    r"prompts?|instructions?|the question|this (?:conversation|chat))\b",
+    re.I,
+)
+"""A fact about the world needs no reader: a sentence that speaks to "you" or of the user, the assistant, the AI, its
+prompt or its instructions is about this conversation, whatever its verb."""
+_MARKUP = re.compile(r"</?[A-Za-z_][\w-]*>|[#%=*~<>_|\-]{3,}|\[\[|\]\]|\{\{|\}\}")
+"""Tags and runs of symbols (``<INFORMATION>``, ``###``, ``%%%``, ``[[ ]]``): they frame a prompt, they state nothing."""
 
 
 def looks_like_instruction(sentence: str) -> bool:
@@ -55,7 +65,7 @@ def looks_like_instruction(sentence: str) -> bool:
     text = sentence.strip()
     if not text:
         return False
-    return bool(_ORDER_AT_START.search(text) or _FORGED_STRUCTURE.search(text) or _ADDRESSES_MODEL.search(text))
+    return any(rule.search(text) for rule in (_ORDER_AT_START, _FORGED_STRUCTURE, _SPEAKS_OF_THE_CONVERSATION, _MARKUP))
 
 
 def sentence_spans(text: str) -> list[Span]:
