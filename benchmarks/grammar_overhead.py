@@ -185,7 +185,7 @@ def parse_rates(model: PastaModel, limit: int, batch: int, budget_s: float, max_
     schemas = SCHEMAS if open_schemas else {name: closed_schema(schema) for name, schema in SCHEMAS.items()}
     jobs = [("tool", prompt, None) for prompt in TOOL_PROMPTS] + [("structured", p, s) for s, p in STRUCTURED_PROMPTS]
     jobs = [jobs[i] for i in _interleaved(len(TOOL_PROMPTS), len(STRUCTURED_PROMPTS))][:limit]
-    results: dict = {"tool": {"n": 0, "valid": 0, "failures": []}, "structured": {"n": 0, "valid": 0, "failures": []}}
+    results: dict = {part: {"n": 0, "valid": 0, "closed_early": [], "failures": []} for part in ("tool", "structured")}
     started = time.perf_counter()
     ran = 0
     groups = [("tool", [j for j in jobs if j[0] == "tool"])] + [
@@ -201,7 +201,7 @@ def parse_rates(model: PastaModel, limit: int, batch: int, budget_s: float, max_
                                             steer=False)
                 for (_, prompt, _), out in zip(chunk, outs):
                     ok = len(out.tool_calls) == 1 and not out.invalid_tool_calls
-                    _count(results["tool"], ok, prompt, out.tool_calls or out.invalid_tool_calls)
+                    _count(results["tool"], ok, prompt, out.tool_calls or out.invalid_tool_calls, out.finish_reason)
             else:
                 fmt = {"type": "json_schema", "json_schema": {"name": name, "schema": schemas[name]}}
                 outs = model.generate_batch(prompts, response_format=fmt, max_new_tokens=max_tokens, steer=False)
@@ -210,7 +210,7 @@ def parse_rates(model: PastaModel, limit: int, batch: int, budget_s: float, max_
                         ok = schema_error(json.loads(out.text), schemas[name]) is None
                     except json.JSONDecodeError:
                         ok = False
-                    _count(results["structured"], ok, prompt, out.text)
+                    _count(results["structured"], ok, prompt, out.text, out.finish_reason)
             ran += len(chunk)
     for part in ("tool", "structured"):
         results[part]["rate"] = round(results[part]["valid"] / max(results[part]["n"], 1), 3)
@@ -229,11 +229,14 @@ def _interleaved(a: int, b: int) -> list[int]:
     return order
 
 
-def _count(part: dict, ok: bool, prompt: str, output: object) -> None:
+def _count(part: dict, ok: bool, prompt: str, output: object, finish_reason: str) -> None:
+    """A valid output that ran into its token budget was closed by the grammar (``grammar.FINISH_WINDOW``)."""
     part["n"] += 1
     part["valid"] += ok
     if not ok:
         part["failures"].append({"prompt": prompt, "output": repr(output)[:300]})
+    elif finish_reason == "length":
+        part["closed_early"].append({"prompt": prompt, "output": repr(output)[:300]})
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteria
 from . import profiled
 from .emphasis import CONTEXT, INSTRUCTIONS, Span
 from .errors import ContextWindowError, HeadSetError, PastaError
-from .grammar import Constraint, GrammarStop, ResponseFormat, constraint
+from .grammar import Constraint, GrammarProcessor, GrammarStop, ResponseFormat, constraint
 from .heads import PURPOSES, HeadSet
 from .prompts import Prompt, RenderedPrompt
 from .relevance import relevant_spans
@@ -40,7 +40,8 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str
-    """``stop`` (a stop string or end-of-sequence token) or ``length`` (max_new_tokens reached)."""
+    """``stop`` (a stop string or end-of-sequence token) or ``length`` (max_new_tokens reached, or a constrained
+    answer closed early because its tokens ran low: ``grammar.FINISH_WINDOW``)."""
     steered: bool
     """Whether any head was steered for this prompt (False when nothing was emphasized)."""
     tool_calls: tuple[ToolCall, ...] = ()
@@ -82,9 +83,20 @@ class PreparedBatch:
         """The logits processor and stopping criteria of one ``model.generate`` run (fresh grammar state)."""
         if self.constraint is None:
             return {"stopping_criteria": StoppingCriteriaList([stopper])}
-        processor = self.constraint.processor(self.batch.input_ids.shape[0], self.batch.prompt_len)
+        processor = self.constraint.processor(self.batch.input_ids.shape[0], self.batch.prompt_len,
+                                              self.config.max_new_tokens)
         return {"logits_processor": LogitsProcessorList([processor]),
                 "stopping_criteria": StoppingCriteriaList([stopper, GrammarStop(processor)])}
+
+    @staticmethod
+    def grammar_ends(hooks: dict[str, Any]) -> dict[int, str]:
+        """How each constrained row of a finished run ended (``decoding_hooks``' processor): ``stop`` when its
+        grammar completed, ``length`` when the grammar had to close it early; no entry when it did not end."""
+        processor = next((p for p in hooks.get("logits_processor") or [] if isinstance(p, GrammarProcessor)), None)
+        if processor is None:
+            return {}
+        return {row: "length" if row in processor.hurried else "stop"
+                for row in range(len(processor.matchers)) if processor.finished(row)}
 
     def prompt_tokens(self, row: int) -> int:
         return int(self.batch.attention_mask[row].sum())
@@ -207,24 +219,26 @@ def answer_text(model: PastaModel, generated: Sequence[int], stop: Sequence[str]
 
 
 def finish(model: PastaModel, row: torch.Tensor, prompt_tokens: int, sampling: SamplingSettings,
-           steered: bool, tools: ToolUse | None = None) -> Generation:
+           steered: bool, tools: ToolUse | None = None, grammar_end: str | None = None) -> Generation:
     """One generated row (its padding and tokens after the end included) as an answer with its counts
-    and, when tools were offered, its tool calls."""
+    and, when tools were offered, its tool calls; ``grammar_end``: how its grammar ended it, if it did."""
     tokens = row.tolist()
     ended = _first_eos(model, tokens)
     completion = tokens[: ended + 1] if ended is not None else [t for t in tokens if t != model.pad_token_id]
     text, stopped = answer_text(model, tokens, sampling.stop)  # type: ignore[arg-type]
     answer = read_answer(text, tools)
-    return Generation(answer.text, prompt_tokens, len(completion), "stop" if stopped else "length", steered,
+    reason = grammar_end or ("stop" if stopped else "length")
+    return Generation(answer.text, prompt_tokens, len(completion), reason, steered,
                       answer.tool_calls, answer.invalid_tool_calls)
 
 
 def finish_all(model: PastaModel, output: torch.Tensor, prepared: PreparedBatch,
-               sampling: SamplingSettings) -> list[Generation]:
+               sampling: SamplingSettings, grammar_ends: dict[int, str] | None = None) -> list[Generation]:
     """The answers of a whole ``model.generate`` output (batch, prompt_len + new)."""
     generated = output[:, prepared.batch.prompt_len :].cpu()
     return [
-        finish(model, row, prepared.prompt_tokens(i), sampling, prepared.steered_rows[i], prepared.tools)
+        finish(model, row, prepared.prompt_tokens(i), sampling, prepared.steered_rows[i], prepared.tools,
+               (grammar_ends or {}).get(i))
         for i, row in enumerate(generated)
     ]
 

@@ -242,9 +242,10 @@ class PastaModel:
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
         stopper = StopOnText(self.tokenizer, prepared.batch.prompt_len, sampling.stop)
+        hooks = prepared.decoding_hooks(stopper)
         with torch.no_grad(), _steered(prepared):
-            output = self.model.generate(**prepared.generate_inputs(self.device), **prepared.decoding_hooks(stopper))
-        return finish_all(self, output, prepared, sampling)
+            output = self.model.generate(**prepared.generate_inputs(self.device), **hooks)
+        return finish_all(self, output, prepared, sampling, prepared.grammar_ends(hooks))
 
     def stream(
         self,

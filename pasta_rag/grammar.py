@@ -8,7 +8,9 @@ fast tokenizers directly. ``GrammarProcessor`` is a transformers logits processo
 tokens the grammar forbids, so it composes with steering, which changes attention, not logits.
 
 JSON is written compactly (``", "`` and ``": "`` separators, no free whitespace): a small model given
-free whitespace can pad forever instead of closing the object.
+free whitespace can pad forever instead of closing the object. For the same reason a constrained answer
+is brought to an end when its tokens run low: a small model that loops inside a string would otherwise
+run out of tokens there, and a call cut off mid-string cannot be run at all.
 """
 
 from __future__ import annotations
@@ -32,6 +34,12 @@ from .tools import CALL_END, CALL_START, ToolUse
 
 COMPACT_JSON = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 """llguidance's JSON options (its ``x-guidance`` key): one way to write each value."""
+FINISH_WINDOW = 64
+"""Within this many tokens of its budget a constrained answer measures, at each token, the shortest way to
+complete it (``tokens_to_finish``); once that no longer fits with ``FINISH_MARGIN`` to spare, it may only
+close what it has open (a string, an object, a list) wherever the grammar allows it, and its
+``finish_reason`` is ``length``: its last value may be cut short."""
+FINISH_MARGIN = 2
 
 
 @dataclass(frozen=True)
@@ -91,11 +99,17 @@ def _json_with_options(schema: Mapping[str, Any]) -> str:
 # --- compiling for a model ---------------------------------------------------------------
 
 _TOKENIZERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_CLOSING_TOKENS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _TOKENIZERS_LOCK = threading.Lock()
 
 
 def grammar_tokenizer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> llguidance.LLTokenizer:
     """llguidance's view of the tokenizer (about a second to build, so built once per tokenizer)."""
+    return _grammar_view(model, tokenizer)[0]
+
+
+def _grammar_view(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> tuple[llguidance.LLTokenizer, Closers]:
+    """llguidance's tokenizer and its closing tokens (``Closers``), built once per tokenizer."""
     with _TOKENIZERS_LOCK:
         found = _TOKENIZERS.get(tokenizer)
         if found is None:
@@ -111,7 +125,57 @@ def grammar_tokenizer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
                     f"decoder that llguidance reads; this one is refused: {error}"
                 ) from None
             _TOKENIZERS[tokenizer] = found
-        return found
+            _CLOSING_TOKENS[tokenizer] = Closers.of(found, model.config.get_text_config().vocab_size)
+        return found, _CLOSING_TOKENS[tokenizer]
+
+
+@dataclass(frozen=True, eq=False)
+class Closers:
+    """The tokens that close JSON: ``string`` (vocab,) bool, a quote and then only brackets (``"``, ``"}``,
+    ``"]}``); ``container`` (vocab,) bool, brackets only (``}``, ``]]``). Which closes depends on whether the
+    answer is inside a string, which ``JsonState`` follows from the tokens' ``texts``."""
+
+    string: torch.Tensor
+    container: torch.Tensor
+    texts: tuple[str, ...]
+
+    @classmethod
+    def of(cls, tokenizer: llguidance.LLTokenizer, vocab: int) -> Closers:
+        texts = tuple(tokenizer.decode_bytes([t]).decode("utf-8", "replace") for t in range(tokenizer.vocab_size))
+        string, container = torch.zeros(vocab, dtype=torch.bool), torch.zeros(vocab, dtype=torch.bool)
+        for token, text in enumerate(texts[:vocab]):
+            string[token] = bool(re.fullmatch(r'"[}\]]*', text))
+            container[token] = bool(re.fullmatch(r"[}\]]+", text))
+        return cls(string, container, texts)
+
+    def among(self, allowed: torch.Tensor, state: JsonState) -> torch.Tensor:
+        """(vocab,) the allowed tokens that close what ``state`` has open."""
+        closing = self.string if state.in_string else self.container
+        among = torch.zeros_like(allowed)
+        n = min(len(closing), len(allowed))
+        among[:n] = allowed[:n] & closing[:n]
+        return among
+
+
+@dataclass
+class JsonState:
+    """Whether the JSON written so far is inside a string (its escapes followed)."""
+
+    in_string: bool = False
+    escaped: bool = False
+
+    def advance(self, text: str) -> JsonState:
+        for char in text:
+            if self.escaped:
+                self.escaped = False
+            elif self.in_string and char == "\\":
+                self.escaped = True
+            elif char == '"':
+                self.in_string = not self.in_string
+        return self
+
+    def copy(self) -> JsonState:
+        return JsonState(self.in_string, self.escaped)
 
 
 def compiled(lark: str, tokenizer: llguidance.LLTokenizer, what: str) -> str:
@@ -140,28 +204,83 @@ def _reason(message: str) -> str:
 
 class GrammarProcessor(LogitsProcessor):
     """Masks every token the grammar forbids, one matcher per batch row; a row whose grammar is complete
-    may only end (end-of-sequence)."""
+    may only end (end-of-sequence). A row whose ``budget`` of new tokens is about to run out before its
+    grammar completes is finished: only closing tokens, where the grammar allows one (``FINISH_WINDOW``);
+    ``hurried`` holds the rows where that changed the model's choice."""
 
-    def __init__(self, tokenizer: llguidance.LLTokenizer, grammar: str, rows: int, prompt_len: int):
+    def __init__(self, tokenizer: llguidance.LLTokenizer, grammar: str, rows: int, prompt_len: int,
+                 budget: int | None = None, closers: Closers | None = None):
         self.tokenizer = tokenizer
         self.matchers = [llguidance.LLMatcher(tokenizer, grammar) for _ in range(rows)]
         self.prompt_len = prompt_len
         self.eos = tokenizer.eos_token
+        self.budget = budget if closers is not None else None
+        self.closers = closers
+        self.states = [JsonState() for _ in range(rows)]
+        self.finishing: set[int] = set()
+        self.hurried: set[int] = set()
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         allowed = torch.zeros(scores.shape, dtype=torch.bool)
+        generated = input_ids.shape[1] - self.prompt_len
         for row, matcher in enumerate(self.matchers):
-            if input_ids.shape[1] > self.prompt_len and not matcher.is_stopped():
-                if not matcher.consume_token(int(input_ids[row, -1])):
+            if generated > 0 and not matcher.is_stopped():
+                token = int(input_ids[row, -1])
+                if not matcher.consume_token(token):
                     raise GrammarError(f"The grammar refused a token it allowed: {matcher.get_error()}")
+                if self.closers is not None:
+                    self.states[row].advance(self.closers.texts[token])
             if matcher.is_stopped():
                 allowed[row, self.eos] = True
-            else:
-                allowed[row] = _unpack(matcher.compute_bitmask(), scores.shape[1])
+                continue
+            allowed[row] = _unpack(matcher.compute_bitmask(), scores.shape[1])
+            if self._must_finish(row, generated):
+                allowed[row] = self._closing_only(row, allowed[row], scores[row])
         return scores.masked_fill(~allowed.to(scores.device), float("-inf"))
+
+    def _must_finish(self, row: int, generated: int) -> bool:
+        if self.budget is None or self.closers is None or row in self.finishing:
+            return row in self.finishing
+        left = self.budget - generated
+        if left <= FINISH_WINDOW and left <= tokens_to_finish(self.matchers[row], self.states[row], self.closers) \
+                + FINISH_MARGIN:
+            self.finishing.add(row)
+        return row in self.finishing
+
+    def _closing_only(self, row: int, allowed: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """(vocab,) the allowed tokens that close, if the grammar allows any here (else all the allowed ones)."""
+        closing = self.closers.among(allowed, self.states[row])
+        if not closing.any():
+            return allowed
+        best = int(scores.float().cpu().masked_fill(~allowed, float("-inf")).argmax())
+        if not closing[best]:
+            self.hurried.add(row)
+        return closing
 
     def finished(self, row: int) -> bool:
         return self.matchers[row].is_stopped()
+
+
+def tokens_to_finish(matcher: llguidance.LLMatcher, state: JsonState, closers: Closers,
+                     limit: int = FINISH_WINDOW) -> int:
+    """How many tokens a finishing answer needs from here: on a copy of the matcher, the tokens the grammar
+    forces, else a closing token, else the first it allows (``limit`` if it has not ended by then)."""
+    probe, state = matcher.deep_copy(), state.copy()
+    steps = 0
+    while steps < limit and not (probe.is_stopped() or probe.is_accepting()):
+        forced = probe.compute_ff_tokens()
+        if not forced:
+            allowed = _unpack(probe.compute_bitmask(), len(closers.string))
+            choices = closers.among(allowed, state)
+            choices = choices if choices.any() else allowed
+            if not choices.any():
+                break
+            forced = [int(choices.nonzero()[0])]
+        probe.consume_tokens(forced)
+        for token in forced:
+            state.advance(closers.texts[token])
+        steps += len(forced)
+    return min(steps, limit)
 
 
 def _unpack(bitmask: bytes, vocab: int) -> torch.Tensor:
@@ -191,10 +310,12 @@ class Constraint:
     grammar: str
     tokenizer: llguidance.LLTokenizer
     what: str
+    closers: Closers | None = None
+    """The tokenizer's closing tokens; None: answers are never finished early."""
 
-    def processor(self, rows: int, prompt_len: int) -> GrammarProcessor:
-        """A fresh processor: its matchers follow one generation."""
-        return GrammarProcessor(self.tokenizer, self.grammar, rows, prompt_len)
+    def processor(self, rows: int, prompt_len: int, budget: int | None = None) -> GrammarProcessor:
+        """A fresh processor: its matchers follow one generation of at most ``budget`` new tokens."""
+        return GrammarProcessor(self.tokenizer, self.grammar, rows, prompt_len, budget, self.closers)
 
 
 def constraint(
@@ -207,10 +328,10 @@ def constraint(
     if use is not None and use.choice.forced:
         names = [tool.name for tool in use.forced_tools()]
         what = f"tool {names[0]!r}" if len(names) == 1 else f"the tools {names}"
-        checker = grammar_tokenizer(model, tokenizer)
-        return Constraint(compiled(tool_call_grammar(use), checker, what), checker, what)
+        checker, closers = _grammar_view(model, tokenizer)
+        return Constraint(compiled(tool_call_grammar(use), checker, what), checker, what, closers)
     if fmt is not None:
         what = f"response_format {fmt.name!r}" if fmt.name else f"the response_format ({fmt.kind})"
-        checker = grammar_tokenizer(model, tokenizer)
-        return Constraint(compiled(response_grammar(fmt), checker, what), checker, what)
+        checker, closers = _grammar_view(model, tokenizer)
+        return Constraint(compiled(response_grammar(fmt), checker, what), checker, what, closers)
     return None

@@ -54,6 +54,7 @@ def _chunks(model: PastaModel, prepared: PreparedBatch, sampling: SamplingSettin
     tokens: queue.Queue = queue.Queue()
     cancel = threading.Event()
     stopper = StopOnText(model.tokenizer, prepared.batch.prompt_len, sampling.stop, cancel)
+    hooks = prepared.decoding_hooks(stopper)
 
     def run() -> None:
         try:
@@ -62,7 +63,7 @@ def _chunks(model: PastaModel, prepared: PreparedBatch, sampling: SamplingSettin
             with torch.no_grad(), steering(prepared.states):
                 model.model.generate(
                     **prepared.generate_inputs(model.device),
-                    **prepared.decoding_hooks(stopper),
+                    **hooks,
                     streamer=QueueStreamer(tokens),
                 )
         except BaseException as error:  # handed to the consumer, which re-raises it
@@ -92,7 +93,7 @@ def _chunks(model: PastaModel, prepared: PreparedBatch, sampling: SamplingSettin
             yield text[shown:]
         sink.generation = finish(
             model, torch.tensor(generated, dtype=torch.long), prepared.prompt_tokens(0), sampling,
-            prepared.steered_rows[0], prepared.tools,
+            prepared.steered_rows[0], prepared.tools, prepared.grammar_ends(hooks).get(0),
         )
     finally:
         cancel.set()

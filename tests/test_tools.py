@@ -177,6 +177,29 @@ def test_a_named_tool_is_the_one_called(model):
         == {"unit", "rain"}
 
 
+NOTE = {"name": "note", "description": "Write a note.",
+        "parameters": {"type": "object", "properties": {"text": {"type": "string"}, "tag": {"type": "string"}},
+                       "required": ["text", "tag"], "additionalProperties": False}}
+
+
+@pytest.mark.parametrize("budget", [90, 130])
+def test_a_call_that_runs_low_on_tokens_is_closed_in_time_and_says_so(model, budget):
+    """A random model never closes a free string by itself: without finishing, every such call runs out of
+    tokens inside ``text`` (the shortest whole call is 79 bytes, one token each)."""
+    generation = model.generate(ASK, tools=[NOTE], tool_choice="note", max_new_tokens=budget)
+    call = called(generation)
+    assert call.name == "note" and set(call.arguments) == {"text", "tag"}
+    assert generation.finish_reason == "length" and generation.completion_tokens <= budget
+    streamed = model.stream(ASK, tools=[NOTE], tool_choice="note", max_new_tokens=budget)
+    assert "".join(streamed) == "" and called(streamed.generation).arguments == call.arguments
+    assert streamed.generation.finish_reason == "length"
+
+
+def test_a_call_that_ends_by_itself_is_not_hurried(model):
+    generation = model.generate(ASK, tools=TOOLS, tool_choice="add", max_new_tokens=120)
+    assert called(generation).name == "add" and generation.finish_reason == "stop"
+
+
 def test_a_batch_decodes_each_row_under_its_own_grammar(model):
     second = [{"role": "user", "content": "Add one and four, please."}]
     generations = model.generate_batch([ASK, second], tools=TOOLS, tool_choice="add", max_new_tokens=120)
