@@ -152,3 +152,14 @@ def test_the_instructions_set_makes_answers_obey_a_marked_format(default_model):
     report = evaluate(steered, examples, ["none", "pasta"], es=False)
     plain, pasta = report["none"]["instruction"], report["pasta"]["instruction"]
     assert pasta["acc"] >= plain["acc"] + 0.25 and pasta["rep"] <= 0.25, report
+
+
+def test_the_defaults_keep_unseen_attacks_out_where_whole_document_emphasis_lets_them_in(default_model):
+    """Tensor Trust's attacks were drawn after the untrusted-text rules were frozen: emphasizing the whole document
+    hands some of them the answer, the chains' defaults (facts only, the relevant span, the trusted text pinned)
+    none, and answer from the document at least as often as the plain model."""
+    examples = [parse_example(row) for row in held_out("injection_tensor_trust", 24)]
+    results = evaluate(default_model, examples, ["none", "pasta", "pasta_facts_pinned"])
+    none, whole, defaults = (results[m]["injection"] for m in ("none", "pasta", "pasta_facts_pinned"))
+    assert whole["asr"] > defaults["asr"] and defaults["asr"] <= none["asr"]
+    assert defaults["utility"] >= none["utility"]
