@@ -11,8 +11,10 @@ from .schemas import AssistantMessage, DeltaFunction, DeltaToolCall, FunctionCal
 
 
 def finish_reason(answer: Generation) -> str:
-    """``tool_calls`` when the model called a tool (OpenAI's), else the core's ``stop`` / ``length``."""
-    return "tool_calls" if answer.tool_calls else answer.finish_reason
+    """``tool_calls`` when the model called a tool and ended by itself (OpenAI's), else the core's ``stop`` /
+    ``length``: a call the grammar closed early for want of tokens may have its last argument cut short, and
+    OpenAI says ``length`` for such a call too."""
+    return "tool_calls" if answer.tool_calls and answer.finish_reason == "stop" else answer.finish_reason
 
 
 def assistant_message(answer: Generation) -> AssistantMessage:

@@ -88,6 +88,28 @@ def test_streamed_tool_call_chunks_reassemble_to_the_same_call(client):
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ""
 
 
+NOTE = {"type": "function", "function": {"name": "note", "description": "Write a note.", "parameters": {
+    "type": "object", "properties": {"text": {"type": "string"}, "tag": {"type": "string"}},
+    "required": ["text", "tag"], "additionalProperties": False}}}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_call_closed_early_for_want_of_tokens_finishes_with_length(client, stream):
+    """The random byte model never closes a free string: the grammar closes ``text`` when the budget runs low,
+    so the call parses but its text may be cut, which OpenAI reports as ``length``, not ``tool_calls``."""
+    common = {"model": MODEL, "messages": ASK, "tools": [NOTE], "max_tokens": 90,
+              "tool_choice": {"type": "function", "function": {"name": "note"}}}
+    if stream:
+        chunks = list(client.chat.completions.create(**common, stream=True))
+        reasons = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        assert reasons == ["length"]
+        assert any(c.choices[0].delta.tool_calls for c in chunks if c.choices)
+    else:
+        choice = client.chat.completions.create(**common).choices[0]
+        assert choice.finish_reason == "length"
+        assert set(json.loads(choice.message.tool_calls[0].function.arguments)) == {"text", "tag"}
+
+
 def test_a_json_schema_response_validates(client, model):
     schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"enum": [1, 2]}},
               "required": ["ok", "n"], "additionalProperties": False}
