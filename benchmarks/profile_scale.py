@@ -3,7 +3,8 @@
 What it takes to profile the ``context`` job (the shipped tasks: short and long knowledge conflicts, chosen
 on three dev sets) for a Llama-like model of 1B, 8B or 70B parameters, on this machine's CPU and on one GPU,
 for three paths: the plain loop (one forward per head per example), the exact batched profiler with the dev
-choice (``--exact``) and screening + rescoring + dev choice (the default).
+choice on every candidate (``--exact``), and screening + rescoring + the raced dev choice (the default; its share
+of the full dev choice's time is ``dev_racing.py``'s, ``--racing``).
 
 Calibration, on the default model (SmolLM2-135M, the only model measured on every stage):
 - the plain loop and the exact batched profiler: ``results/profile_speed_smollm2.json``;
@@ -111,6 +112,8 @@ def main() -> None:
     parser.add_argument("--gpu-bandwidth", type=float, default=4.8e12, help="bytes/s (H200)")
     parser.add_argument("--gpu-memory", type=float, default=141e9, help="bytes")
     parser.add_argument("--gpu-utilisation", type=float, default=0.5)
+    parser.add_argument("--racing", type=Path, default=Path("benchmarks/results/dev_racing_smollm2.json"),
+                        help="dev_racing.py's result: the share of the full dev choice's time a race takes")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
@@ -121,6 +124,7 @@ def main() -> None:
     dev_s, dev_timed = time_dev(model, dev_sets, args.dev_examples)
     new_tokens = NEW_TOKENS["knowledge_conflict"]
 
+    race_share = json.loads(args.racing.read_text())["summary"]["time_share"]
     speed = json.loads((RESULTS / "profile_speed_smollm2.json").read_text())
     screening = json.loads((RESULTS / "profile_screening_smollm2.json").read_text())
     speed_tokens = mean_tokens(model, shipped_tasks("train", tuple(speed["tasks"])))
@@ -169,16 +173,20 @@ def main() -> None:
             ("cpu", cpu_flops, dev_compute / cpu_dev_flops),
             ("gpu", gpu, dev_compute / gpu + dev_decode_bytes / (args.gpu_bandwidth * args.gpu_utilisation)),
         ):
-            stages = {stage: value / rate for stage, value in flops.items()} | {"dev_choice": dev_one * dev_total}
+            stages = {stage: value / rate for stage, value in flops.items()} | {
+                "dev_choice": dev_one * dev_total, "dev_race": dev_one * dev_total * race_share}
             paths = {
                 "plain_loop_plus_dev": stages["plain_loop"] + stages["dev_choice"],
                 "exact": stages["exact_scoring"] + stages["dev_choice"],
-                "screened": stages["screening"] + stages["rescoring"] + stages["dev_choice"],
+                "screened_full_dev": stages["screening"] + stages["rescoring"] + stages["dev_choice"],
+                "screened": stages["screening"] + stages["rescoring"] + stages["dev_race"],
             }
+            paths_ratio = {"exact_over_screened": round(paths["exact"] / paths["screened"], 2),
+                           "plain_over_screened": round(paths["plain_loop_plus_dev"] / paths["screened"], 2)}
             memory = 23e9 if device == "cpu" else args.gpu_memory  # this machine's RAM / the GPU's
             entry[device] = {"fits_in_float32": 4 * shape.parameters < memory,
                              "stage_s": {k: round(v, 1) for k, v in stages.items()},
-                             "path_h": {k: round(v / 3600, 2) for k, v in paths.items()}}
+                             "path_h": {k: round(v / 3600, 2) for k, v in paths.items()}, "speedup": paths_ratio}
         projections[name] = entry
 
     report = {
@@ -196,6 +204,7 @@ def main() -> None:
             "screening_in_plain_forwards": round(screening_forwards, 2),
             "dev_s_per_example_per_candidate": round(dev_s, 2), "dev_examples_timed": dev_timed,
             "dev_effective_gflops": round(cpu_dev_flops / 1e9, 1),
+            "race_time_share": race_share, "race_from": str(args.racing),
         },
         "gpu_assumed": {"flops": args.gpu_flops, "bandwidth": args.gpu_bandwidth, "memory": args.gpu_memory,
                         "utilisation": args.gpu_utilisation},

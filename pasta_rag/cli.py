@@ -278,6 +278,12 @@ def profile(
         str, typer.Option(help="What screening's gates scale: 'outputs' (each head's output between unsteered and "
                           "steered alone) or 'bias' (its steering bias; cheaper, cruder).")
     ] = "outputs",
+    dev_choice: Annotated[
+        str | None, typer.Option(help="How k and alpha are chosen on dev: 'race' (successive halving: each round the "
+                                 "better half answers twice the examples, only the last few answer all) or 'full' "
+                                 "(every candidate answers every dev example, the reference). Default: race, or "
+                                 "full with --exact.")
+    ] = None,
     alpha: Annotated[float, typer.Option(help="Alpha while scoring single heads (the paper's 0.01).")] = 0.01,
     ks: Annotated[str | None, typer.Option(help="Top-k sizes to try, comma-separated (default: those keeping 4-24% of heads).")] = None,
     alphas: Annotated[str | None, typer.Option(help="Alphas to try on dev, comma-separated (default: the job's; "
@@ -314,7 +320,7 @@ def profile(
 
     def plan_for(defaults: Job | None) -> Plan:
         return Plan(
-            alpha=alpha, ks=ks_given, exact=exact, candidates=candidates, screening=screening,
+            alpha=alpha, ks=ks_given, exact=exact, candidates=candidates, screening=screening, dev_choice=dev_choice,
             alphas=_floats(alphas) if alphas else (defaults.alphas if defaults else (0.01, 0.1)),
             steer_generated=steer_generated if steer_generated is not None else bool(defaults and defaults.steer_generated),
             generated_exponents=(_floats(generated_exponents) if generated_exponents else
@@ -343,6 +349,7 @@ def _profile_one(pasta, purpose: str | None, tasks: dict, dev_sets: dict, plan, 
 
     from . import profiled
     from .research.profiling.pipeline import profile_head_set
+    from .research.profiling.racing import answered
 
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
@@ -359,10 +366,11 @@ def _profile_one(pasta, purpose: str | None, tasks: dict, dev_sets: dict, plan, 
     table = Table(title=f"{pasta.name}{' ' + purpose if purpose else ''}: candidates on dev (best first)")
     for column in ("k", "alpha", "generated exponent", "heads", "mean acc - rep", *dev_sets):
         table.add_column(column, justify="right")
+    table.add_column("dev answers", justify="right")
     for c in ranked:
         cells = [f"{c.dev[name]['acc']:.2f}/{c.dev[name]['rep']:.2f}" for name in dev_sets]
         table.add_row(str(c.k), str(c.alpha), str(c.generated_exponent), str(len(c.heads)), f"{c.objective:.3f}",
-                      *cells)
+                      *cells, str(answered(c)))
     console.print(table)
     metadata = head_set.metadata
     if "rescored_heads" in metadata:

@@ -287,3 +287,14 @@ def test_profile_command_on_a_tiny_model(tmp_path):
         "--generated-exponents", "2",
     ])
     assert refused.exit_code == 2 and "--steer-generated" in refused.output
+    assert "raced by successive halving" in metadata["method"]  # the default dev choice, and the set says so
+    for choice, raced in (("full", False), ("fast", None)):
+        run = CliRunner().invoke(app, [
+            "profile", "--model", str(folder), "--train", str(files["conflicts"]), "--dev", str(files["conflicts"]),
+            "--out", str(out), "--ks", "4", "--alphas", "0.1", "--dev-choice", choice,
+        ])
+        if raced is None:
+            assert run.exit_code == 2 and "is one of race, full" in run.output
+        else:
+            assert run.exit_code == 0, run.output
+            assert ("raced" in json.loads(out.read_text())["metadata"]["method"]) is raced

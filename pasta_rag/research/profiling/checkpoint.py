@@ -61,6 +61,14 @@ class Checkpoint:
         self.data["dev"][key] = result
         self.save()
 
+    def dev_batches(self, key: str) -> dict[str, list[list[int]]]:
+        """``{dev set: [[acc hits, rep hits, n] per batch from the start]}`` answered so far by one candidate."""
+        return self.data.setdefault("dev_batches", {}).get(key, {})
+
+    def record_dev_batches(self, key: str, batches: dict[str, list[list[int]]]) -> None:
+        self.data.setdefault("dev_batches", {})[key] = batches
+        self.save()
+
     def save(self) -> None:
         if self.path is not None:
             self.path.write_text(json.dumps(self.data))

@@ -1,4 +1,5 @@
-"""One head set, start to end: score the heads (screened then rescored, or exactly), choose k and alpha on dev.
+"""One head set, start to end: score the heads (screened then rescored, or exactly), choose k and alpha on dev
+(raced, or every candidate on the whole split).
 
 ``pasta-rag profile`` runs this once per job (or once for the user's own
 tasks); it is here, not in the command, so that the order of the steps is
@@ -11,12 +12,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ...engine import PastaModel
+from ...errors import PastaError
 from ...heads import HeadSet
 from ..evaluation import Example
 from .checkpoint import Checkpoint
+from .racing import race_work, rank
 from .run import profile_cost, profile_tasks
 from .screening import check_candidates, rescoring_pool, screen_tasks
-from .selection import Candidate, choose_heads, default_ks, profiled_head_set
+from .selection import DEV_BATCH, Candidate, candidate_pool, choose_heads, default_ks, profiled_head_set
+
+DEV_CHOICES = ("race", "full")
 
 Stage = Callable[[str, float], Callable[[float], None]]
 """Opens a progress stage (what it does, its total work) and returns the function that advances it."""
@@ -40,9 +45,19 @@ class Plan:
     """With screening: the first ``candidates x (largest k)`` heads in screened order are rescored exactly."""
     screening: str = "outputs"
     """What the screening gates scale: head outputs (attribution patching) or the steering bias (``screening``)."""
+    dev_choice: str | None = None
+    """``race`` (successive halving, ``racing``) or ``full`` (every candidate on the whole dev split, the
+    reference); None: full with ``exact``, race otherwise."""
 
     def __post_init__(self) -> None:
         check_candidates(self.candidates)  # before a model is loaded
+        if self.dev_choice not in (None, *DEV_CHOICES):
+            raise PastaError(f"dev_choice (--dev-choice) is one of {', '.join(DEV_CHOICES)} (or None: full with exact, race "
+                             f"otherwise), got {self.dev_choice!r}.")
+
+    @property
+    def racing(self) -> bool:
+        return self.dev_choice == "race" if self.dev_choice is not None else not self.exact
 
 
 def profile_head_set(
@@ -69,18 +84,24 @@ def profile_head_set(
     sizes = list(plan.ks) if plan.ks else default_ks(scores)
     exponents = list(plan.generated_exponents)
     first = 1.0 if 1.0 in exponents else exponents[0]
-    dev_examples = sum(len(examples) for examples in dev_sets.values())
-    advance = stage("choosing k and alpha on dev", dev_examples * len(sizes) * len(plan.alphas))
+    how = "racing" if plan.racing else "choosing"
+    pool = len(candidate_pool(scores, sizes, plan.alphas, [first]))
+    advance = stage(f"{how} k and alpha on dev", dev_work(pool, dev_sets, plan.racing))
     ranked = choose_heads(model, scores, dev_sets, sizes, plan.alphas, checkpoint, advance, plan.steer_generated,
-                          [first])
+                          [first], racing=plan.racing)
     others = [exponent for exponent in exponents if exponent != first]
     if others:
         best = ranked[0]
-        advance = stage("choosing generated_alpha on dev", dev_examples * len(others))
-        ranked = sorted(ranked + choose_heads(model, scores, dev_sets, [best.k], [best.alpha], checkpoint, advance,
-                                              plan.steer_generated, others),
-                        key=lambda c: (-c.objective, len(c.heads), c.alpha, abs(c.generated_exponent - 1)))
+        advance = stage(f"{how} generated_alpha on dev", dev_work(len(others), dev_sets, plan.racing))
+        ranked = rank(ranked + choose_heads(model, scores, dev_sets, [best.k], [best.alpha], checkpoint, advance,
+                                            plan.steer_generated, others, racing=plan.racing))
     sizes_by_task = {name: len(examples) for name, examples in tasks.items()}
     head_set = profiled_head_set(model.name, scores, sizes_by_task, plan.alpha, ranked, plan.steer_generated,
-                                 screened=screened)
+                                 screened=screened, racing=plan.racing)
     return head_set, ranked
+
+
+def dev_work(candidates: int, dev_sets: Mapping[str, Sequence[Example]], racing: bool) -> int:
+    """The dev answers a choice among ``candidates`` asks for (at most, when racing)."""
+    sizes = {name: len(examples) for name, examples in dev_sets.items()}
+    return race_work(candidates, sizes, DEV_BATCH) if racing else candidates * sum(sizes.values())

@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -20,8 +20,11 @@ from ...errors import PastaError
 from ...heads import HeadSet
 from ..evaluation import Example, evaluate
 from .checkpoint import Checkpoint
+from .racing import Tally, race, rank, with_tallies
 
 Pair = tuple[int, int]
+DEV_BATCH = 8
+"""Dev answers are generated in batches of this size, from the start of each set."""
 
 
 def top_k(scores: torch.Tensor, k: int) -> list[Pair]:
@@ -75,6 +78,12 @@ def default_ks(task_scores: Mapping[str, torch.Tensor]) -> list[int]:
     return sorted(set(ks))
 
 
+def candidate_model(model: PastaModel, candidate: Candidate, steer_generated: bool) -> PastaModel:
+    """``model``'s weights steered the way ``candidate`` says, to be scored on dev."""
+    return PastaModel(model.model, model.tokenizer, heads=HeadSet.from_pairs(candidate.heads), alpha=candidate.alpha,
+                      steer_generated=steer_generated, generated_alpha=candidate.generated_alpha, name=model.name)
+
+
 def choose_heads(
     model: PastaModel,
     task_scores: Mapping[str, torch.Tensor],
@@ -85,12 +94,14 @@ def choose_heads(
     progress: Callable[[int], None] | None = None,
     steer_generated: bool = False,
     generated_exponents: Sequence[float] = (1.0,),
+    racing: bool = False,
 ) -> list[Candidate]:
-    """Every distinct (top-k intersection, alpha, generated exponent) scored on dev, best first (ties: fewer heads,
-    then smaller alpha, then the exponent closest to 1).
+    """Every distinct (top-k intersection, alpha, generated exponent) scored on dev, best first (``rank``).
 
     ``steer_generated``: the candidates generate with generated keys steered too (``SteeringState``), scaled by
-    ``alpha ** exponent`` for each of ``generated_exponents`` (1: by alpha, like the prompt)."""
+    ``alpha ** exponent`` for each of ``generated_exponents`` (1: by alpha, like the prompt).
+    ``racing``: successive halving (the ``racing`` module): only the last few answer the whole dev split; without
+    it, every candidate does (the reference)."""
     if not dev_sets:
         raise PastaError("Choosing k and alpha needs at least one dev set.")
     if not generated_exponents or any(not exponent > 0 for exponent in generated_exponents):
@@ -99,38 +110,74 @@ def choose_heads(
     if not steer_generated and list(generated_exponents) != [1.0]:
         raise PastaError("Generated exponents apply to generated keys, which only steer_generated steers: "
                          "pass --steer-generated, or leave the exponents out.")
-    candidates: list[Candidate] = []
-    seen: set[tuple[Pair, ...]] = set()
-    dev_fingerprint = hashlib.sha256(
-        json.dumps({name: [asdict(e) for e in examples] for name, examples in dev_sets.items()}).encode()
-    ).hexdigest()[:16]
+    pool = candidate_pool(task_scores, ks, alphas, generated_exponents)
+    if not pool:
+        raise PastaError(f"No top-k in {list(ks)} leaves a head common to all tasks; try larger k.")
+    score = DevScorer(model, dev_sets, checkpoint, steer_generated, progress)
+    sizes = {name: len(examples) for name, examples in dev_sets.items()}
+    if racing:
+        return race(pool, sizes, score, DEV_BATCH)
+    return rank([with_tallies(c, {name: score(c, name, size) for name, size in sizes.items()}) for c in pool])
+
+
+def candidate_pool(task_scores: Mapping[str, torch.Tensor], ks: Sequence[int], alphas: Sequence[float],
+                   generated_exponents: Sequence[float]) -> list[Candidate]:
+    """One candidate per distinct top-k intersection, alpha and exponent (two k with the same heads are one)."""
+    pool, seen = [], set()
     for k in ks:
         pairs = intersect_top_k(task_scores, k)
-        if not pairs or tuple(pairs) in seen:
-            continue
-        seen.add(tuple(pairs))
-        for alpha, exponent in ((a, e) for a in alphas for e in generated_exponents):
-            candidate = Candidate(k, alpha, pairs, {}, exponent)
-            key = json.dumps({"heads": pairs, "alpha": alpha, "dev": dev_fingerprint}
-                             | ({"steer_generated": True} if steer_generated else {})
-                             | ({"generated_exponent": exponent} if exponent != 1 else {}))
-            dev = checkpoint.dev_result(key)
-            if dev is None:
-                steered = PastaModel(model.model, model.tokenizer, heads=HeadSet.from_pairs(pairs), alpha=alpha,
-                                     steer_generated=steer_generated, generated_alpha=candidate.generated_alpha,
-                                     name=model.name)
-                dev = {}
-                for name, examples in dev_sets.items():
-                    report = evaluate(steered, examples, ["pasta"], progress=progress, es=False)["pasta"]
-                    metrics = next(iter(report.values()))
-                    dev[name] = {"acc": metrics["acc"], "rep": metrics["rep"]}
-                checkpoint.record_dev(key, dev)
-            elif progress:
-                progress(sum(len(examples) for examples in dev_sets.values()))
-            candidates.append(replace(candidate, dev=dev))
-    if not candidates:
-        raise PastaError(f"No top-k in {list(ks)} leaves a head common to all tasks; try larger k.")
-    return sorted(candidates, key=lambda c: (-c.objective, len(c.heads), c.alpha, abs(c.generated_exponent - 1)))
+        if pairs and tuple(pairs) not in seen:
+            seen.add(tuple(pairs))
+            pool += [Candidate(k, alpha, pairs, {}, exponent) for alpha in alphas for exponent in generated_exponents]
+    return pool
+
+
+class DevScorer:
+    """A candidate's hits on the first examples of a dev set, answered once and kept in the checkpoint.
+
+    Answers come in ``evaluate``'s batches from the start of each set, so a prefix's answers are the ones a
+    whole-set run gives, and a race that asks for more only answers the new examples."""
+
+    def __init__(self, model: PastaModel, dev_sets: Mapping[str, Sequence[Example]], checkpoint: Checkpoint,
+                 steer_generated: bool, progress: Callable[[int], None] | None) -> None:
+        self.model, self.dev_sets, self.checkpoint = model, dev_sets, checkpoint
+        self.steer_generated, self.progress = steer_generated, progress
+        self.asked: dict[tuple[str, str], int] = {}
+        """The prefix already asked per (candidate key, dev set): progress counts each answer once."""
+        self.fingerprint = hashlib.sha256(
+            json.dumps({name: [asdict(e) for e in examples] for name, examples in dev_sets.items()}).encode()
+        ).hexdigest()[:16]
+
+    def key(self, candidate: Candidate) -> str:
+        """The checkpoint's key for a candidate on these dev sets (a whole-split result is filed under it)."""
+        return json.dumps({"heads": candidate.heads, "alpha": candidate.alpha, "dev": self.fingerprint}
+                          | ({"steer_generated": True} if self.steer_generated else {})
+                          | ({"generated_exponent": candidate.generated_exponent}
+                             if candidate.generated_exponent != 1 else {}))
+
+    def __call__(self, candidate: Candidate, set_name: str, end: int) -> Tally:
+        key, examples = self.key(candidate), self.dev_sets[set_name]
+        if self.progress:
+            self.progress(end - self.asked.get((key, set_name), 0))
+        self.asked[(key, set_name)] = end
+        whole = self.checkpoint.dev_result(key)
+        if whole is not None and end == len(examples):  # filed as rates by a whole-split run
+            return Tally(round(whole[set_name]["acc"] * end), round(whole[set_name]["rep"] * end), end)
+        batches = self.checkpoint.dev_batches(key)
+        answered = batches.setdefault(set_name, [])
+        steered = None
+        while len(answered) * DEV_BATCH < end:
+            chunk = examples[len(answered) * DEV_BATCH:][:DEV_BATCH]
+            steered = steered or candidate_model(self.model, candidate, self.steer_generated)
+            metrics = next(iter(evaluate(steered, chunk, ["pasta"], batch_size=DEV_BATCH, es=False)["pasta"].values()))
+            answered.append([round(metrics["acc"] * len(chunk)), round(metrics["rep"] * len(chunk)), len(chunk)])
+            self.checkpoint.record_dev_batches(key, batches)
+        if whole is None and all(sum(n for *_, n in batches.get(name, [])) == len(sets)
+                                 for name, sets in self.dev_sets.items()):
+            self.checkpoint.record_dev(key, {name: {"acc": sum(a for a, _, _ in b) / len(self.dev_sets[name]),
+                                                    "rep": sum(r for _, r, _ in b) / len(self.dev_sets[name])}
+                                             for name, b in batches.items()})
+        return sum((Tally(*batch) for batch in answered[:math.ceil(end / DEV_BATCH)]), Tally(0, 0, 0))
 
 
 def profiled_head_set(
@@ -141,6 +188,7 @@ def profiled_head_set(
     ranked: Sequence[Candidate],
     steer_generated: bool = False,
     screened: Mapping[str, torch.Tensor] | None = None,
+    racing: bool = False,
 ) -> HeadSet:
     """The chosen heads, with the metadata that says how they were found (the ``--heads`` format).
 
@@ -158,7 +206,8 @@ def profiled_head_set(
         **({"generated_exponent": best.generated_exponent} if best.generated_alpha is not None else {}),
         "k": best.k,
         "method": f"pasta-rag profile: {scoring}, log-prob margin gain per task, "
-        "intersection of per-task top-k; k, alpha (and generated_alpha) chosen on dev by mean(acc - rep)",
+        f"intersection of per-task top-k; k, alpha (and generated_alpha) chosen on dev by mean(acc - rep)"
+        + (", raced by successive halving (dev n: the answers each candidate reached)" if racing else ""),
         "profile_alpha": profile_alpha,
         "tasks": {name: {"n": task_sizes[name]} for name in task_scores},
         "dev": best.dev,

@@ -1,0 +1,165 @@
+"""Racing the dev choice against the full grid: which candidate it keeps, and the dev work it saves.
+
+The dev choice (greedy answers of every (k, alpha) candidate on every dev example) is most of a profile's time.
+This benchmark first records, for every candidate of one job's full grid, the outcome of each batch of dev
+examples (acc and rep hits, seconds), exactly as ``choose_heads`` scores them: same batches, same steering. Then
+it runs the library's race (``pasta_rag.research.profiling.racing``) on those recorded outcomes, so the race is
+judged against the full grid on the very same answers: the candidate it keeps, that candidate's full-dev
+objective against the grid's best, and the share of the dev work it needed: answers, and seconds estimated from
+the median batch of each dev set (a long-context batch costs several short ones).
+
+The grid: the job's alphas at the top-k sizes ``default_ks`` gives for the exact scores in the model's shipped
+head set (``head_scores``), then the job's generated exponents at the best (k, alpha) of the grid and of the
+race. ``--out`` is rewritten after every batch, and a rerun resumes from it.
+
+    python benchmarks/dev_racing.py --model default --job context --out benchmarks/results/dev_racing_smollm2.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from pasta_rag import PastaModel
+from pasta_rag.research.bench import machine
+from pasta_rag.research.evaluation import evaluate
+from pasta_rag.research.profiling import JOBS, intersect_top_k, shipped_tasks
+from pasta_rag.research.profiling.racing import Tally, race, rank, with_tallies
+from pasta_rag.research.profiling.selection import Candidate, candidate_model, default_ks
+
+BATCH = 8
+"""``evaluate``'s batch: recording batch by batch gives the answers a whole-set run gives."""
+
+
+def name_of(candidate: Candidate) -> str:
+    return f"k={candidate.k} alpha={candidate.alpha} exponent={candidate.generated_exponent}"
+
+
+def exact_scores(model: PastaModel, purpose: str) -> dict[str, torch.Tensor]:
+    head_set = model.own_head_set(purpose)
+    if head_set is None or "head_scores" not in head_set.metadata:
+        sys.exit(f"{model.name} has no {purpose} head set with exact head_scores to build the grid from.")
+    return {task: torch.tensor([[math.nan if s is None else s for s in rows[str(layer)]] for layer in range(len(rows))])
+            for task, rows in head_set.metadata["head_scores"].items()}
+
+
+def record(model: PastaModel, candidate: Candidate, dev_sets: dict, steer_generated: bool, results: dict,
+           out: Path) -> None:
+    """Every batch of every dev set answered by ``candidate``, each saved as it comes."""
+    batches = results["batches"].setdefault(name_of(candidate), {})
+    steered = None
+    for set_name, examples in dev_sets.items():
+        done = batches.setdefault(set_name, [])
+        for start in range(len(done) * BATCH, len(examples), BATCH):
+            steered = steered or candidate_model(model, candidate, steer_generated)
+            chunk = examples[start:start + BATCH]
+            started = time.perf_counter()
+            metrics = next(iter(evaluate(steered, chunk, ["pasta"], batch_size=BATCH, es=False)["pasta"].values()))
+            seconds = time.perf_counter() - started
+            done.append({"acc": round(metrics["acc"] * len(chunk)), "rep": round(metrics["rep"] * len(chunk)),
+                         "n": len(chunk), "s": round(seconds, 2)})
+            out.write_text(json.dumps(results, indent=1))
+            print(f"{name_of(candidate)} {set_name} {start + len(chunk)}/{len(examples)} {seconds:.1f} s",
+                  file=sys.stderr, flush=True)
+
+
+def recorded_tally(results: dict, candidate: Candidate, set_name: str, end: int) -> Tally:
+    """The hits of ``candidate`` on the first ``end`` examples of a dev set, summed from the recorded batches."""
+    batches = results["batches"][name_of(candidate)][set_name][: math.ceil(end / BATCH)]
+    return Tally(sum(b["acc"] for b in batches), sum(b["rep"] for b in batches), sum(b["n"] for b in batches))
+
+
+def batch_seconds(results: dict) -> dict[str, float]:
+    """Per dev set, the median seconds of a batch over every recorded one: robust to a busy moment of the cores."""
+    times: dict[str, list[float]] = {}
+    for by_set in results["batches"].values():
+        for set_name, batches in by_set.items():
+            times.setdefault(set_name, []).extend(b["s"] for b in batches if b["n"] == BATCH)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--job", default="context", choices=sorted(JOBS))
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    job = JOBS[args.job]
+    model = PastaModel.from_pretrained(args.model)
+    dev_sets = shipped_tasks("dev", job.dev)
+    scores = exact_scores(model, job.purpose)
+    ks = default_ks(scores)
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    results |= {"command": "python " + " ".join(sys.argv), "model": model.name, "job": job.purpose,
+                "machine": f"{machine(str(model.device))}, {torch.get_num_threads()} threads",
+                "batch": BATCH, "ks": ks, "alphas": list(job.alphas),
+                "dev_sizes": {name: len(examples) for name, examples in dev_sets.items()}}
+    results.setdefault("batches", {})
+
+    grid = [Candidate(k, alpha, intersect_top_k(scores, k), {}) for k in ks for alpha in job.alphas]
+    for candidate in grid:
+        record(model, candidate, dev_sets, job.steer_generated, results, args.out)
+
+    sizes = {name: len(examples) for name, examples in dev_sets.items()}
+
+    def exponent_stage(best: Candidate) -> list[Candidate]:
+        return [Candidate(best.k, best.alpha, best.heads, {}, e) for e in job.generated_exponents if e != 1.0]
+
+    def full(pool: list[Candidate]) -> list[Candidate]:
+        return rank([with_tallies(c, {name: recorded_tally(results, c, name, size) for name, size in sizes.items()})
+                     for c in pool])
+
+    asked: dict[tuple[str, str], int] = {}
+
+    def score(candidate: Candidate, set_name: str, end: int) -> Tally:
+        key = (name_of(candidate), set_name)
+        asked[key] = max(asked.get(key, 0), end)
+        return recorded_tally(results, candidate, set_name, end)
+
+    # The exact path: the whole grid on the whole dev split, then the exponents at its best.
+    exact_first = full(grid)
+    exact_second = exponent_stage(exact_first[0])
+    # The raced path, as profile_head_set runs it: race the grid, then race the exponents at the race's best.
+    raced_first = race(grid, sizes, score, BATCH)
+    raced_second = exponent_stage(raced_first[0])
+    for candidate in exact_second + raced_second:
+        record(model, candidate, dev_sets, job.steer_generated, results, args.out)
+    exact = rank(exact_first + full(exact_second))
+    raced = rank(raced_first + race(raced_second, sizes, score, BATCH))
+
+    every = list({name_of(c): c for c in exact_first + full(exact_second) + full(raced_second)}.values())
+    exact_answers = sum(sizes.values()) * (len(grid) + len(exact_second))
+    exact_objective, raced_objective = exact[0].objective, full([raced[0]])[0].objective
+    median = batch_seconds(results)
+
+    def seconds(answers: dict[str, int]) -> float:
+        return sum(count / BATCH * median[name] for name, count in answers.items())
+
+    raced_answers = {name: sum(end for (_, set_name), end in asked.items() if set_name == name) for name in sizes}
+    exact_candidates = len(grid) + len(exact_second)
+    exact_seconds = seconds({name: size * exact_candidates for name, size in sizes.items()})
+    raced_seconds = seconds(raced_answers)
+    results["summary"] = {
+        "exact": {"pick": name_of(exact[0]), "objective": round(exact_objective, 4), "answers": exact_answers,
+                  "estimated_s": round(exact_seconds)},
+        "raced": {"pick": name_of(raced[0]), "objective": round(raced_objective, 4), "answers": sum(asked.values()),
+                  "estimated_s": round(raced_seconds)},
+        "objective_gap": round(exact_objective - raced_objective, 4),
+        "answer_share": round(sum(asked.values()) / exact_answers, 3),
+        "time_share": round(raced_seconds / exact_seconds, 3),
+        "median_batch_s": {name: round(value, 2) for name, value in median.items()},
+        "full_dev_objectives": {name_of(c): round(c.objective, 4) for c in rank(every)},
+    }
+    args.out.write_text(json.dumps(results, indent=1))
+    print(json.dumps(results["summary"], indent=1))
+
+
+if __name__ == "__main__":
+    main()

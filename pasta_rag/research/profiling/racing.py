@@ -1,0 +1,104 @@
+"""Racing the dev choice: every candidate answers a few dev examples, only the better half answers more.
+
+Choosing k and alpha means greedy answers of every candidate on every dev
+example, which is most of a profile's time; yet most candidates are plainly
+worse after a few batches. Successive halving (Jamieson & Talwalkar 2016)
+spends the answers where the choice is close: in each round the survivors
+answer the next examples of every dev set (the prefix doubles, in whole
+batches, so the answers are those a full run gives), and the better half goes
+on. Only the last few answer the whole dev split, so the one chosen is ranked
+on exactly what the full grid would rank it on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # selection races its candidates, so it imports this module
+    from .selection import Candidate
+
+FIRST_SHARE = 1 / 8
+"""The share of each dev set the first round answers; each later round doubles it, up to the whole set."""
+
+
+@dataclass(frozen=True)
+class Tally:
+    """Hits of one candidate on the first ``n`` examples of one dev set."""
+
+    acc: int
+    rep: int
+    n: int
+
+    @property
+    def acc_rate(self) -> float:
+        return self.acc / self.n
+
+    @property
+    def rep_rate(self) -> float:
+        return self.rep / self.n
+
+    def __add__(self, other: Tally) -> Tally:
+        return Tally(self.acc + other.acc, self.rep + other.rep, self.n + other.n)
+
+
+Score = Callable[["Candidate", str, int], Tally]
+"""The tally of a candidate on the first ``end`` examples of the named dev set."""
+
+
+def race_work(candidates: int, sizes: Mapping[str, int], batch: int) -> int:
+    """The answers a race of ``candidates`` asks for at most (a progress bar's total)."""
+    work, answered_before, left = 0, 0, candidates
+    rounds = race_rounds(sizes, batch)
+    for ends in rounds:
+        total = sum(ends.values())
+        work += left * (total - answered_before)
+        answered_before = total
+        left = math.ceil(left / 2)
+    return work
+
+
+def race_rounds(sizes: Mapping[str, int], batch: int, first_share: float = FIRST_SHARE) -> list[dict[str, int]]:
+    """The prefix each round's survivors have answered, per dev set: doubling, in whole batches, ending whole."""
+    if not 0 < first_share <= 1:
+        raise ValueError(f"first_share must be in (0, 1], got {first_share}")
+    rounds, share = [], first_share
+    while True:
+        ends = {name: min(size, math.ceil(size * share / batch) * batch) for name, size in sizes.items()}
+        if not rounds or ends != rounds[-1]:
+            rounds.append(ends)
+        if all(end == sizes[name] for name, end in ends.items()):
+            return rounds
+        share *= 2
+
+
+def rank(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """Best first: those that answered more dev examples, then by objective (ties: fewer heads, smaller alpha,
+    the exponent closest to 1), so that a candidate dropped early never outranks one scored on the whole split."""
+    return sorted(candidates, key=lambda c: (-answered(c), -c.objective, len(c.heads), c.alpha,
+                                             abs(c.generated_exponent - 1)))
+
+
+def answered(candidate: Candidate) -> int:
+    """Dev examples this candidate answered (over all dev sets)."""
+    return sum(int(metrics["n"]) for metrics in candidate.dev.values())
+
+
+def race(candidates: Sequence[Candidate], sizes: Mapping[str, int], score: Score, batch: int) -> list[Candidate]:
+    """Every candidate ranked (``rank``): the last round's on the whole dev split, the others on what they reached.
+
+    ``sizes``: each dev set's length; ``score`` answers the prefixes ``race_rounds`` gives, growing."""
+    survivors, dropped = list(candidates), []
+    for ends in race_rounds(sizes, batch):
+        scored = rank([with_tallies(c, {name: score(c, name, end) for name, end in ends.items()})
+                       for c in survivors])
+        keep = math.ceil(len(scored) / 2) if ends != dict(sizes) else len(scored)
+        survivors, dropped = scored[:keep], scored[keep:] + dropped
+    return rank(survivors + dropped)
+
+
+def with_tallies(candidate: Candidate, tallies: Mapping[str, Tally]) -> Candidate:
+    return replace(candidate, dev={name: {"acc": t.acc_rate, "rep": t.rep_rate, "n": t.n}
+                                   for name, t in tallies.items()})
