@@ -172,12 +172,15 @@ class DevScorer:
             metrics = next(iter(evaluate(steered, chunk, ["pasta"], batch_size=DEV_BATCH, es=False)["pasta"].values()))
             answered.append([round(metrics["acc"] * len(chunk)), round(metrics["rep"] * len(chunk)), len(chunk)])
             self.checkpoint.record_dev_batches(key, batches)
-        if whole is None and all(sum(n for *_, n in batches.get(name, [])) == len(sets)
-                                 for name, sets in self.dev_sets.items()):
-            self.checkpoint.record_dev(key, {name: {"acc": sum(a for a, _, _ in b) / len(self.dev_sets[name]),
-                                                    "rep": sum(r for _, r, _ in b) / len(self.dev_sets[name])}
-                                             for name, b in batches.items()})
-        return sum((Tally(*batch) for batch in answered[:math.ceil(end / DEV_BATCH)]), Tally(0, 0, 0))
+        totals = {name: _summed(batches.get(name, [])) for name in self.dev_sets}
+        if whole is None and all(totals[name].n == len(sets) for name, sets in self.dev_sets.items()):
+            self.checkpoint.record_dev(key, {name: {"acc": t.acc_rate, "rep": t.rep_rate} for name, t in totals.items()})
+        return _summed(answered[: math.ceil(end / DEV_BATCH)])
+
+
+def _summed(batches: Sequence[Sequence[int]]) -> Tally:
+    """The tally of answered batches, each ``[acc hits, rep hits, n]``."""
+    return sum((Tally(*batch) for batch in batches), Tally(0, 0, 0))
 
 
 def profiled_head_set(
