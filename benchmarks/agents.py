@@ -9,10 +9,14 @@ conversations). The system prompt says to answer in French. Per turn:
 * ``valid_call``: the forced first call (tool_choice="any": the model picks the tool) parsed and matched
   its tool's schema (no invalid tool call);
 * ``right_tool``: it called the tool that answers the question;
+* ``filled_call``: no argument of that call is empty (a call the token budget cut short has its value closed
+  early, so it is valid but empty);
 * ``copied_result``: the answer repeats a tool result of the conversation instead of answering.
 
     python benchmarks/agents.py --conversations 20 --turns 2 --out benchmarks/results/agents_smollm2.json
     python benchmarks/agents.py --conversations 2 --show 2      # a small sample, conversations printed
+
+``--out`` is rewritten after every conversation, and a rerun with the same settings resumes from it.
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ def run_conversation(agent, asked: list[tuple[str, str]]) -> list[dict]:
             "arguments": [c["args"] for c in calls],
             "valid_call": bool(calls) and not first.invalid_tool_calls,
             "right_tool": bool(calls) and calls[0]["name"] == expected,
+            "filled_call": bool(calls) and all(str(value).strip() for value in calls[0]["args"].values()),
             "answer": answer,
             "kept": in_french(answer),
             "copied_result": copies_a_result(answer, seen),
@@ -90,9 +95,21 @@ def summary(conversations: list[list[dict]]) -> dict:
     by_turn = [[c[i] for c in conversations if len(c) > i] for i in range(max(map(len, conversations), default=0))]
     return {
         "conversations": len(conversations), "turns": len(turns),
-        **{key: share(turns, key) for key in ("kept", "valid_call", "right_tool", "copied_result")},
+        **{key: share(turns, key) for key in ("kept", "valid_call", "right_tool", "filled_call", "copied_result")},
         "kept_by_turn": [share(t, "kept") for t in by_turn],
     }
+
+
+def resumed(out: Path | None, settings: dict) -> tuple[dict[str, list[list[dict]]], float]:
+    """The conversations an earlier run with the same settings wrote to ``out``, and its seconds."""
+    if out is None or not out.exists():
+        return {name: [] for name in VARIANTS}, 0.0
+    earlier = json.loads(out.read_text())
+    differing = {key: (earlier.get(key), value) for key, value in settings.items() if earlier.get(key) != value}
+    if differing:
+        sys.exit(f"{out} was written with other settings ({differing}, as (there, now)): "
+                 "pass another --out, or the same settings to resume it.")
+    return earlier["conversations"], float(earlier["seconds"])
 
 
 def main() -> None:
@@ -109,9 +126,11 @@ def main() -> None:
     pinned = ChatPasta(model=args.model, max_tokens=args.max_tokens, pin_system=True)
     chats = {"unsteered": ChatPasta(model=pinned.engine, max_tokens=args.max_tokens), "steered": pinned}
     tools = make_tools(args.lines)
-    results: dict[str, list[list[dict]]] = {name: [] for name in VARIANTS}
-    started = time.time()
-    for index in range(args.conversations):
+    settings = {"model": pinned.engine.name, "instruction": INSTRUCTION, "lines": args.lines, "turns": args.turns,
+                "max_tokens": args.max_tokens}
+    results, earlier_seconds = resumed(args.out, settings)
+    started = time.time() - earlier_seconds
+    for index in range(len(results["steered"]), args.conversations):
         asked = conversation(index, args.turns)
         for name in VARIANTS:
             scored = run_conversation(build_agent(chats[name], tools, INSTRUCTION), asked)
@@ -125,8 +144,7 @@ def main() -> None:
         report = {
             "command": "python " + " ".join(sys.argv),
             "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-            "model": pinned.engine.name, "instruction": INSTRUCTION, "lines": args.lines, "turns": args.turns,
-            "max_tokens": args.max_tokens, "seconds": round(time.time() - started),
+            **settings, "seconds": round(time.time() - started),
             "summary": {name: summary(results[name]) for name in VARIANTS},
             "conversations": results,
         }

@@ -91,10 +91,11 @@ def missing_message(name: str, source: str | None, model: torch.nn.Module, purpo
 
 # --- the estimate ----------------------------------------------------------------------
 
-PROFILE_WORK = {"examples": 120, "tokens": 260, "rescored_share": 0.5, "dev_runs": 5564, "dev_tokens": 400,
-                "dev_new_tokens": 40}
+PROFILE_WORK = {"examples": 120, "tokens": 260, "rescored_share": 0.5, "dev_runs": 5564, "raced_share": 0.45,
+                "dev_tokens": 400, "dev_new_tokens": 40}
 """The shipped jobs' size, roughly: training examples and their mean tokens, the share of heads rescored, dev
-generations (context: 228 dev examples x 23 candidates; instructions: 32 x 10), their prompt and decoded tokens."""
+generations of a full dev choice (context: 228 dev examples x 23 candidates; instructions: 32 x 10) and the share
+of those the default race answers (benchmarks/dev_racing.py), their prompt and decoded tokens."""
 
 
 def estimate_profile_seconds(model: torch.nn.Module, flops_per_second: float | None = None) -> float:
@@ -102,14 +103,15 @@ def estimate_profile_seconds(model: torch.nn.Module, flops_per_second: float | N
 
     Screening costs about four forwards per example, rescoring a head about a quarter of one (the layers above it,
     the tokens from the emphasis on), and choosing on dev a prefill and the decoded tokens per example and
-    candidate (a decoded token counted as 8, for the overhead of one-token steps). It is an estimate.
+    candidate the race keeps answering (a decoded token counted as 8, for the overhead of one-token steps).
+    It is an estimate.
     """
     parameters = sum(p.numel() for p in model.parameters())
     config = model.config.get_text_config()
     heads = config.num_hidden_layers * config.num_attention_heads
     work = PROFILE_WORK
     scoring_tokens = work["examples"] * work["tokens"] * (4 + work["rescored_share"] * heads * 0.25)
-    dev_tokens = work["dev_runs"] * (work["dev_tokens"] + 8 * work["dev_new_tokens"])
+    dev_tokens = work["dev_runs"] * work["raced_share"] * (work["dev_tokens"] + 8 * work["dev_new_tokens"])
     flops = 2 * parameters * (scoring_tokens + dev_tokens)
     return flops / (flops_per_second or measured_flops_per_second())
 

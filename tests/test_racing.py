@@ -54,8 +54,31 @@ def test_the_race_keeps_a_clear_best_and_answers_a_fraction_of_the_grid():
     assert 1 <= len(finalists) <= 3 and ranked[: len(finalists)] == finalists  # the whole split ranks first
     assert ranked == rank(ranked)
     work = sum(asked.values())
-    assert work == race_work(len(pool), sizes, batch=8)
-    assert work < 0.5 * len(pool) * sum(sizes.values())
+    assert race_work(len(pool), sizes, batch=8) <= work < 0.5 * len(pool) * sum(sizes.values())
+
+
+def test_a_tie_at_the_cut_keeps_both_and_no_tie_answers_the_fewest():
+    sizes = {"a": 64}
+    hits = {"best": [True] * 64, "twin": [True, False] * 32, "worse": [False] * 64}
+    hits["other twin"] = hits["twin"]
+    pool = [Candidate(k, 0.01, [(0, k)], {}) for k in range(len(hits))]
+    names = dict(enumerate(hits))
+    asked: dict[int, int] = {}
+
+    def score(candidate: Candidate, name: str, end: int) -> Tally:
+        asked[candidate.k] = end
+        return Tally(sum(hits[names[candidate.k]][:end]), 0, end)
+
+    raced = race(pool, sizes, score, batch=8)
+    # 4 candidates keep 2 after the first round, but the twins tie at the cut: both go on, the worse one stops
+    assert asked[1] == asked[3] > asked[2] == 8
+    assert [names[c.k] for c in raced][:1] == ["best"]
+    assert sum(asked.values()) > race_work(len(pool), sizes, batch=8)
+    untied = {"best": hits["best"], "twin": hits["twin"], "worse": hits["worse"], "worst": [False] * 64}
+    untied["worse"] = [True] + [False] * 63
+    names, hits, asked = dict(enumerate(untied)), untied, {}
+    race(pool, sizes, score, batch=8)
+    assert sum(asked.values()) == race_work(len(pool), sizes, batch=8)
 
 
 def test_every_finalist_answered_what_the_full_grid_answers():
@@ -89,11 +112,11 @@ def test_a_raced_choice_answers_as_the_full_choice_does_and_resumes(tmp_path, mo
                          racing=True)
     by_key = {(c.k, c.alpha): c for c in full}
     finalists = [c for c in raced if answered(c) == 18]
-    assert finalists and len(finalists) < len(raced)
+    assert finalists  # a tiny random model ties often, and ties go on: what the race saves is tested above
     for candidate in finalists:  # the same answers as the whole-split run: same rates
         assert candidate.dev == by_key[(candidate.k, candidate.alpha)].dev
-    assert sum(counted) == race_work(len(full), {"dev": 18}, batch=4) == sum(answered(c) for c in raced)
-    assert sum(counted) < len(full) * 18
+    assert sum(counted) == sum(answered(c) for c in raced)
+    assert race_work(len(full), {"dev": 18}, batch=4) <= sum(counted) <= len(full) * 18
     # a rerun on the same checkpoint answers nothing again, and ranks the same
     monkeypatch.setattr(selection_module, "evaluate", lambda *a, **k: pytest.fail("answered again"))
     again = choose_heads(model, scores, dev, ks, alphas, Checkpoint.open(path, model.name, 0.01), racing=True)

@@ -102,6 +102,6 @@ def profile_head_set(
 
 
 def dev_work(candidates: int, dev_sets: Mapping[str, Sequence[Example]], racing: bool) -> int:
-    """The dev answers a choice among ``candidates`` asks for (at most, when racing)."""
+    """The dev answers a choice among ``candidates`` asks for (when racing: with no tie at a cut, ``race_work``)."""
     sizes = {name: len(examples) for name, examples in dev_sets.items()}
     return race_work(candidates, sizes, DEV_BATCH) if racing else candidates * sum(sizes.values())

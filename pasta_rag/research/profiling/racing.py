@@ -7,7 +7,9 @@ spends the answers where the choice is close: in each round the survivors
 answer the next examples of every dev set (the prefix doubles, in whole
 batches, so the answers are those a full run gives), and the better half goes
 on. Only the last few answer the whole dev split, so the one chosen is ranked
-on exactly what the full grid would rank it on.
+on exactly what the full grid would rank it on. A candidate tied with the last
+one kept goes on too: small dev batches make ties common, and dropping one of
+two equal candidates would be a coin flip, not a choice.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ Score = Callable[["Candidate", str, int], Tally]
 
 
 def race_work(candidates: int, sizes: Mapping[str, int], batch: int) -> int:
-    """The answers a race of ``candidates`` asks for at most (a progress bar's total)."""
+    """The answers a race of ``candidates`` asks for when no tie holds a candidate back at a cut (a progress
+    bar's total: each tie kept adds that candidate's next answers)."""
     work, answered_before, left = 0, 0, candidates
     rounds = race_rounds(sizes, batch)
     for ends in rounds:
@@ -95,8 +98,15 @@ def race(candidates: Sequence[Candidate], sizes: Mapping[str, int], score: Score
         scored = rank([with_tallies(c, {name: score(c, name, end) for name, end in ends.items()})
                        for c in survivors])
         keep = math.ceil(len(scored) / 2) if ends != dict(sizes) else len(scored)
+        while keep < len(scored) and tied(scored[keep], scored[keep - 1]):
+            keep += 1  # a tie at the cut is no evidence: both go on
         survivors, dropped = scored[:keep], scored[keep:] + dropped
     return rank(survivors + dropped)
+
+
+def tied(one: Candidate, other: Candidate) -> bool:
+    """Equal objectives on the same answers (floating point: hit rates summed in another order)."""
+    return answered(one) == answered(other) and math.isclose(one.objective, other.objective, abs_tol=1e-9)
 
 
 def with_tallies(candidate: Candidate, tallies: Mapping[str, Tally]) -> Candidate:
