@@ -74,8 +74,7 @@ def test_a_tie_at_the_cut_keeps_both_and_no_tie_answers_the_fewest():
     assert asked[1] == asked[3] > asked[2] == 8
     assert [names[c.k] for c in raced][:1] == ["best"]
     assert sum(asked.values()) > race_work(len(pool), sizes, batch=8)
-    untied = {"best": hits["best"], "twin": hits["twin"], "worse": hits["worse"], "worst": [False] * 64}
-    untied["worse"] = [True] + [False] * 63
+    untied = {"best": hits["best"], "twin": hits["twin"], "worse": [True] + [False] * 63, "worst": [False] * 64}
     names, hits, asked = dict(enumerate(untied)), untied, {}
     race(pool, sizes, score, batch=8)
     assert sum(asked.values()) == race_work(len(pool), sizes, batch=8)
