@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -71,8 +72,7 @@ def main() -> None:
             for task, head_set in head_sets.items() if head_set is not None
         },
         "machine": f"{machine(str(model.device))}, {torch.get_num_threads()} threads, float32",
-        "command": f"python benchmarks/quality.py --model {args.model} --split {args.split} --out {args.out}"
-        + (f" --heads {args.heads}" if args.heads else ""),
+        "command": "python " + " ".join(sys.argv),
     })
     report.setdefault("sets", {})
     report.setdefault("seconds", {})
