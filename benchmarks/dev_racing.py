@@ -23,6 +23,7 @@ import math
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -50,30 +51,41 @@ def exact_scores(model: PastaModel, purpose: str) -> dict[str, torch.Tensor]:
             for task, rows in head_set.metadata["head_scores"].items()}
 
 
+def answer_batches(model: PastaModel, candidate: Candidate, examples: list, done: list[dict], end: int,
+                   steer_generated: bool, saved: Callable[[], None], label: str) -> None:
+    """The batches of ``examples`` up to ``end`` that ``done`` lacks, answered by ``candidate`` in ``evaluate``'s
+    batches and appended to ``done`` (acc and rep hits, seconds); ``saved`` is called after each."""
+    steered = None
+    for start in range(len(done) * BATCH, end, BATCH):
+        steered = steered or candidate_model(model, candidate, steer_generated)
+        chunk = examples[start:start + BATCH]
+        started = time.perf_counter()
+        metrics = next(iter(evaluate(steered, chunk, ["pasta"], batch_size=BATCH, es=False)["pasta"].values()))
+        seconds = time.perf_counter() - started
+        done.append({"acc": round(metrics["acc"] * len(chunk)), "rep": round(metrics["rep"] * len(chunk)),
+                     "n": len(chunk), "s": round(seconds, 2)})
+        saved()
+        print(f"{label} {start + len(chunk)}/{len(examples)} {seconds:.1f} s", file=sys.stderr, flush=True)
+
+
+def tally(batches: list[dict], end: int) -> Tally:
+    """The hits on the first ``end`` examples of a dev set, summed from its recorded batches."""
+    prefix = batches[: math.ceil(end / BATCH)]
+    return Tally(sum(b["acc"] for b in prefix), sum(b["rep"] for b in prefix), sum(b["n"] for b in prefix))
+
+
 def record(model: PastaModel, candidate: Candidate, dev_sets: dict, steer_generated: bool, results: dict,
            out: Path) -> None:
     """Every batch of every dev set answered by ``candidate``, each saved as it comes."""
     batches = results["batches"].setdefault(name_of(candidate), {})
-    steered = None
     for set_name, examples in dev_sets.items():
-        done = batches.setdefault(set_name, [])
-        for start in range(len(done) * BATCH, len(examples), BATCH):
-            steered = steered or candidate_model(model, candidate, steer_generated)
-            chunk = examples[start:start + BATCH]
-            started = time.perf_counter()
-            metrics = next(iter(evaluate(steered, chunk, ["pasta"], batch_size=BATCH, es=False)["pasta"].values()))
-            seconds = time.perf_counter() - started
-            done.append({"acc": round(metrics["acc"] * len(chunk)), "rep": round(metrics["rep"] * len(chunk)),
-                         "n": len(chunk), "s": round(seconds, 2)})
-            out.write_text(json.dumps(results, indent=1))
-            print(f"{name_of(candidate)} {set_name} {start + len(chunk)}/{len(examples)} {seconds:.1f} s",
-                  file=sys.stderr, flush=True)
+        answer_batches(model, candidate, examples, batches.setdefault(set_name, []), len(examples), steer_generated,
+                       lambda: out.write_text(json.dumps(results, indent=1)), f"{name_of(candidate)} {set_name}")
 
 
 def recorded_tally(results: dict, candidate: Candidate, set_name: str, end: int) -> Tally:
     """The hits of ``candidate`` on the first ``end`` examples of a dev set, summed from the recorded batches."""
-    batches = results["batches"][name_of(candidate)][set_name][: math.ceil(end / BATCH)]
-    return Tally(sum(b["acc"] for b in batches), sum(b["rep"] for b in batches), sum(b["n"] for b in batches))
+    return tally(results["batches"][name_of(candidate)][set_name], end)
 
 
 def batch_seconds(results: dict) -> dict[str, float]:

@@ -26,22 +26,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from dev_racing import BATCH, exact_scores
+from dev_racing import BATCH, answer_batches, exact_scores, tally
+from profile_screening import only
 
 from pasta_rag import PastaModel
 from pasta_rag.research.bench import machine
-from pasta_rag.research.evaluation import evaluate
-from pasta_rag.research.profiling import JOBS, intersect_top_k, shipped_tasks
+from pasta_rag.research.profiling import JOBS, intersect_top_k, shipped_tasks, top_k
 from pasta_rag.research.profiling.racing import Tally, race, rank, with_tallies
 from pasta_rag.research.profiling.screening import rescoring_pool, screen_tasks, spearman
-from pasta_rag.research.profiling.selection import Candidate, candidate_model, candidate_pool, default_ks
+from pasta_rag.research.profiling.selection import Candidate, candidate_pool, default_ks
 
 Score = Callable[[Candidate, str, int], Tally]
 
@@ -66,31 +65,24 @@ def reused_batches(path: Path, scores: dict[str, torch.Tensor]) -> dict[str, dic
 
 
 def recorder(model: PastaModel, dev_sets: dict, steer_generated: bool, results: dict, out: Path,
-             asked: dict[str, dict[tuple[str, str], int]], path_name: str) -> Score:
-    """A race's ``score``: the recorded batches of a prefix, answering (and saving) only those not yet recorded."""
+             asked: dict[tuple[str, str], int], path_name: str) -> Score:
+    """A race's ``score``: the recorded batches of a prefix, answering (and saving) only those not yet recorded;
+    ``asked`` keeps the longest prefix asked of each (candidate, dev set)."""
 
     def score(candidate: Candidate, set_name: str, end: int) -> Tally:
-        wanted = asked.setdefault(path_name, {})
-        wanted[(key_of(candidate), set_name)] = max(wanted.get((key_of(candidate), set_name), 0), end)
-        done = results["batches"].setdefault(key_of(candidate), {}).setdefault(set_name, [])
-        examples, steered = dev_sets[set_name], None
-        for start in range(len(done) * BATCH, end, BATCH):
-            steered = steered or candidate_model(model, candidate, steer_generated)
-            chunk = examples[start:start + BATCH]
-            started = time.perf_counter()
-            metrics = next(iter(evaluate(steered, chunk, ["pasta"], batch_size=BATCH, es=False)["pasta"].values()))
-            done.append({"acc": round(metrics["acc"] * len(chunk)), "rep": round(metrics["rep"] * len(chunk)),
-                         "n": len(chunk), "s": round(time.perf_counter() - started, 2)})
-            out.write_text(json.dumps(results, indent=1))
-            print(f"{path_name} {label(candidate)} {set_name} {start + len(chunk)}/{len(examples)}", file=sys.stderr,
-                  flush=True)
-        batches = done[: math.ceil(end / BATCH)]
-        return Tally(sum(b["acc"] for b in batches), sum(b["rep"] for b in batches), sum(b["n"] for b in batches))
+        key = key_of(candidate)
+        asked[(key, set_name)] = max(asked.get((key, set_name), 0), end)
+        done = results["batches"].setdefault(key, {}).setdefault(set_name, [])
+        answer_batches(model, candidate, dev_sets[set_name], done, end, steer_generated,
+                       lambda: out.write_text(json.dumps(results, indent=1)),
+                       f"{path_name} {label(candidate)} {set_name}")
+        return tally(done, end)
 
     return score
 
 
-def choose(scores: dict[str, torch.Tensor], job, sizes: dict[str, int], score: Score, racing: bool) -> Candidate:
+def choose(scores: dict[str, torch.Tensor], ks: list[int], job, sizes: dict[str, int], score: Score,
+           racing: bool) -> Candidate:
     """The pick of ``profile_head_set``'s dev choice: the k x alpha grid, then the exponents at its best."""
 
     def full(pool: list[Candidate]) -> list[Candidate]:
@@ -99,7 +91,7 @@ def choose(scores: dict[str, torch.Tensor], job, sizes: dict[str, int], score: S
     def choice(pool: list[Candidate]) -> list[Candidate]:
         return race(pool, sizes, score, BATCH) if racing else full(pool)
 
-    first = choice(candidate_pool(scores, default_ks(scores), job.alphas, [1.0]))
+    first = choice(candidate_pool(scores, ks, job.alphas, [1.0]))
     best = first[0]
     exponents = [Candidate(best.k, best.alpha, best.heads, {}, e) for e in job.generated_exponents if e != 1.0]
     return rank(first + choice(exponents))[0]
@@ -110,13 +102,9 @@ def screening_summary(exact: dict[str, torch.Tensor], screened: dict[str, torch.
     """Per task: Spearman of the screened ranking against the exact one, and of the exact top-k, how many are in the
     rescoring pool."""
     pooled = set(pool)
-    summary = {}
-    for task, table in exact.items():
-        order = sorted(((layer, head) for layer in range(table.shape[0]) for head in range(table.shape[1])),
-                       key=lambda pair: (-float(table[pair]), pair))
-        summary[task] = {"spearman": round(spearman(screened[task], table), 3),
-                         "exact_top_k_in_pool": {k: sum(pair in pooled for pair in order[:k]) for k in ks}}
-    return summary
+    return {task: {"spearman": round(spearman(screened[task], table), 3),
+                   "exact_top_k_in_pool": {k: sum(pair in pooled for pair in top_k(table, k)) for k in ks}}
+            for task, table in exact.items()}
 
 
 def main() -> None:
@@ -151,27 +139,27 @@ def main() -> None:
         args.out.write_text(json.dumps(results, indent=1))
     screened = {task: torch.tensor(table) for task, table in results["screened"]["scores"].items()}
     pool = rescoring_pool(screened, args.candidates, max(default_ks(screened)))
-    rescored = {task: torch.full_like(table, math.nan).index_put_(tuple(torch.tensor(pool).T),
-                                                                  table[tuple(torch.tensor(pool).T)])
-                for task, table in exact.items()}
+    rescored = {task: only(table, pool) for task, table in exact.items()}
 
-    asked: dict[str, dict[tuple[str, str], int]] = {}
     picks = {}
+    ks = {"exact": default_ks(exact), "screened": default_ks(rescored)}
     for path_name, scores, racing in (("exact", exact, args.exact_choice == "race"), ("screened", rescored, True)):
+        asked: dict[tuple[str, str], int] = {}
         score = recorder(model, dev_sets, job.steer_generated, results, args.out, asked, path_name)
-        pick = choose(scores, job, sizes, score, racing)
+        pick = choose(scores, ks[path_name], job, sizes, score, racing)
         whole = with_tallies(pick, {name: score(pick, name, size) for name, size in sizes.items()})
-        picks[path_name] = label(pick) | {"objective": round(whole.objective, 4),
-                                          "ks": default_ks(scores), "dev_answers": sum(asked[path_name].values())}
+        picks[path_name] = label(pick) | {"objective": round(whole.objective, 4), "ks": ks[path_name],
+                                          "dev_answers": sum(asked.values())}
 
-    exact_grid = {key_of(c) for c in candidate_pool(exact, default_ks(exact), job.alphas, [1.0])}
-    screened_grid = {key_of(c) for c in candidate_pool(rescored, default_ks(rescored), job.alphas, [1.0])}
+    exact_grid = {key_of(c) for c in candidate_pool(exact, ks["exact"], job.alphas, [1.0])}
+    screened_grid = {key_of(c) for c in candidate_pool(rescored, ks["screened"], job.alphas, [1.0])}
     layers, heads = next(iter(exact.values())).shape
+    pooled = set(pool)
     results["summary"] = {
         "heads": layers * heads, "rescored": len(pool),
-        "left_out": [[layer, head] for layer in range(layers) for head in range(heads) if (layer, head) not in pool],
+        "left_out": [[layer, head] for layer in range(layers) for head in range(heads) if (layer, head) not in pooled],
         "screening_s": results["screened"]["seconds"],
-        "ranking": screening_summary(exact, screened, pool, default_ks(exact)),
+        "ranking": screening_summary(exact, screened, pool, ks["exact"]),
         "grid_candidates_shared": f"{len(exact_grid & screened_grid)} of {len(screened_grid)}",
         "exact": picks["exact"] | {"dev_choice": args.exact_choice},
         "screened": picks["screened"] | {"dev_choice": "race"},
