@@ -9,8 +9,8 @@ objective against the grid's best, and the share of the dev work it needed: answ
 the median batch of each dev set (a long-context batch costs several short ones).
 
 The grid: the job's alphas at the top-k sizes ``default_ks`` gives for the exact scores in the model's shipped
-head set (``head_scores``), then the job's generated exponents at the best (k, alpha) of the grid and of the
-race. ``--out`` is rewritten after every batch, and a rerun resumes from it.
+head set (``head_scores``), then the job's generated exponents at the best ``FINALISTS`` (k, alpha) of the grid
+and of the race (the library's ``dev_choice``, on answers recorded as they are asked for). ``--out`` is rewritten after every batch, and a rerun resumes from it.
 
     python benchmarks/dev_racing.py --model default --job context --out benchmarks/results/dev_racing_smollm2.json
 """
@@ -32,7 +32,8 @@ from pasta_rag import PastaModel
 from pasta_rag.research.bench import machine
 from pasta_rag.research.evaluation import evaluate
 from pasta_rag.research.profiling import JOBS, intersect_top_k, shipped_tasks
-from pasta_rag.research.profiling.racing import Tally, race, rank, with_tallies
+from pasta_rag.research.profiling.dev_choice import FINALISTS, dev_choice
+from pasta_rag.research.profiling.racing import Score, Tally, answered, rank, with_tallies
 from pasta_rag.research.profiling.selection import Candidate, candidate_model, default_ks
 
 BATCH = 8
@@ -74,18 +75,23 @@ def tally(batches: list[dict], end: int) -> Tally:
     return Tally(sum(b["acc"] for b in prefix), sum(b["rep"] for b in prefix), sum(b["n"] for b in prefix))
 
 
-def record(model: PastaModel, candidate: Candidate, dev_sets: dict, steer_generated: bool, results: dict,
-           out: Path) -> None:
-    """Every batch of every dev set answered by ``candidate``, each saved as it comes."""
-    batches = results["batches"].setdefault(name_of(candidate), {})
-    for set_name, examples in dev_sets.items():
-        answer_batches(model, candidate, examples, batches.setdefault(set_name, []), len(examples), steer_generated,
-                       lambda: out.write_text(json.dumps(results, indent=1)), f"{name_of(candidate)} {set_name}")
+def recorder(model: PastaModel, dev_sets: dict, steer_generated: bool, results: dict, out: Path,
+             key: Callable[[Candidate], str]) -> Score:
+    """A dev choice's ``score``: a prefix's recorded batches (``results["batches"][key][set]``), answering and
+    saving only those not yet recorded, so a rerun resumes and a candidate asked twice is answered once."""
+
+    def score(candidate: Candidate, set_name: str, end: int) -> Tally:
+        done = results["batches"].setdefault(key(candidate), {}).setdefault(set_name, [])
+        answer_batches(model, candidate, dev_sets[set_name], done, end, steer_generated,
+                       lambda: out.write_text(json.dumps(results, indent=1)), f"{key(candidate)} {set_name}")
+        return tally(done, end)
+
+    return score
 
 
-def recorded_tally(results: dict, candidate: Candidate, set_name: str, end: int) -> Tally:
-    """The hits of ``candidate`` on the first ``end`` examples of a dev set, summed from the recorded batches."""
-    return tally(results["batches"][name_of(candidate)][set_name], end)
+def answers_by_set(ranked: list[Candidate]) -> dict[str, int]:
+    """The dev answers a choice asked for, per dev set: each candidate answered the prefix its tally reached."""
+    return {name: sum(int(c.dev[name]["n"]) for c in ranked) for name in ranked[0].dev}
 
 
 def batch_seconds(results: dict) -> dict[str, float]:
@@ -116,58 +122,35 @@ def main() -> None:
     results.setdefault("batches", {})
 
     grid = [Candidate(k, alpha, intersect_top_k(scores, k), {}) for k in ks for alpha in job.alphas]
-    for candidate in grid:
-        record(model, candidate, dev_sets, job.steer_generated, results, args.out)
-
     sizes = {name: len(examples) for name, examples in dev_sets.items()}
-
-    def exponent_stage(best: Candidate) -> list[Candidate]:
-        return [Candidate(best.k, best.alpha, best.heads, {}, e) for e in job.generated_exponents if e != 1.0]
-
-    def full(pool: list[Candidate]) -> list[Candidate]:
-        return rank([with_tallies(c, {name: recorded_tally(results, c, name, size) for name, size in sizes.items()})
-                     for c in pool])
-
-    asked: dict[tuple[str, str], int] = {}
-
-    def score(candidate: Candidate, set_name: str, end: int) -> Tally:
-        key = (name_of(candidate), set_name)
-        asked[key] = max(asked.get(key, 0), end)
-        return recorded_tally(results, candidate, set_name, end)
-
-    # The exact path: the whole grid on the whole dev split, then the exponents at its best.
-    exact_first = full(grid)
-    exact_second = exponent_stage(exact_first[0])
-    # The raced path, as profile_head_set runs it: race the grid, then race the exponents at the race's best.
-    raced_first = race(grid, sizes, score, BATCH)
-    raced_second = exponent_stage(raced_first[0])
-    for candidate in exact_second + raced_second:
-        record(model, candidate, dev_sets, job.steer_generated, results, args.out)
-    exact = rank(exact_first + full(exact_second))
-    raced = rank(raced_first + race(raced_second, sizes, score, BATCH))
-
-    every = list({name_of(c): c for c in exact_first + full(exact_second) + full(raced_second)}.values())
-    exact_answers = sum(sizes.values()) * (len(grid) + len(exact_second))
-    exact_objective, raced_objective = exact[0].objective, full([raced[0]])[0].objective
+    score = recorder(model, dev_sets, job.steer_generated, results, args.out, name_of)
+    # The exact path (every candidate on the whole dev split), then the raced one on the same recorded answers.
+    exact = dev_choice(grid, job.generated_exponents, sizes, score, BATCH, racing=False)
+    raced = dev_choice(grid, job.generated_exponents, sizes, score, BATCH, racing=True)
+    exact_objective = exact.ranked[0].objective
+    raced_objective = with_tallies(raced.ranked[0], {name: score(raced.ranked[0], name, size)
+                                                     for name, size in sizes.items()}).objective
     median = batch_seconds(results)
 
     def seconds(answers: dict[str, int]) -> float:
         return sum(count / BATCH * median[name] for name, count in answers.items())
 
-    raced_answers = {name: sum(end for (_, set_name), end in asked.items() if set_name == name) for name in sizes}
-    exact_candidates = len(grid) + len(exact_second)
-    exact_seconds = seconds({name: size * exact_candidates for name, size in sizes.items()})
-    raced_seconds = seconds(raced_answers)
+    exact_seconds, raced_seconds = seconds(answers_by_set(exact.ranked)), seconds(answers_by_set(raced.ranked))
+    whole = {name_of(c): c for c in exact.ranked}
+    for candidate in raced.ranked:  # the race's exponent candidates, on the whole split too, to list them all
+        if name_of(candidate) not in whole and answered(candidate) == sum(sizes.values()):
+            whole[name_of(candidate)] = candidate
     results["summary"] = {
-        "exact": {"pick": name_of(exact[0]), "objective": round(exact_objective, 4), "answers": exact_answers,
+        "finalists": FINALISTS,
+        "exact": {"pick": name_of(exact.ranked[0]), "objective": round(exact_objective, 4), "answers": exact.answers,
                   "estimated_s": round(exact_seconds)},
-        "raced": {"pick": name_of(raced[0]), "objective": round(raced_objective, 4), "answers": sum(asked.values()),
+        "raced": {"pick": name_of(raced.ranked[0]), "objective": round(raced_objective, 4), "answers": raced.answers,
                   "estimated_s": round(raced_seconds)},
         "objective_gap": round(exact_objective - raced_objective, 4),
-        "answer_share": round(sum(asked.values()) / exact_answers, 3),
+        "answer_share": round(raced.answers / exact.answers, 3),
         "time_share": round(raced_seconds / exact_seconds, 3),
         "median_batch_s": {name: round(value, 2) for name, value in median.items()},
-        "full_dev_objectives": {name_of(c): round(c.objective, 4) for c in rank(every)},
+        "full_dev_objectives": {name_of(c): round(c.objective, 4) for c in rank(list(whole.values()))},
     }
     args.out.write_text(json.dumps(results, indent=1))
     print(json.dumps(results["summary"], indent=1))

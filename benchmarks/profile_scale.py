@@ -37,7 +37,8 @@ from transformers import LlamaConfig
 from pasta_rag import PastaModel
 from pasta_rag.research.bench import machine
 from pasta_rag.research.evaluation import NEW_TOKENS, evaluate
-from pasta_rag.research.profiling import JOBS, default_ks, scoring_row, shipped_tasks
+from pasta_rag.research.profiling import JOBS, scoring_row, shipped_tasks
+from pasta_rag.research.profiling.dev_choice import FINALISTS
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -105,9 +106,13 @@ def time_dev(model: PastaModel, dev_sets: dict, count: int) -> tuple[float, int]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dev-examples", type=int, default=8, help="per dev set, for timing the dev choice")
-    parser.add_argument("--largest-k-share", type=float, default=0.15,
-                        help="largest k tried, as a share of all heads, for the projected models")
-    parser.add_argument("--candidates", type=float, default=2.0, help="the rescored pool: candidates x largest k")
+    parser.add_argument("--largest-set-share", type=float, default=0.24,
+                        help="the largest head set tried, as a share of all heads, for the projected models "
+                        "(default_ks: 0.24)")
+    parser.add_argument("--candidates", type=float, default=2.0,
+                        help="the rescored pool: candidates x the largest head set")
+    parser.add_argument("--screened", type=Path, default=Path("benchmarks/results/screened_choice_smollm2.json"),
+                        help="screened_choice.py's result on the default model: its rescored pool")
     parser.add_argument("--gpu-flops", type=float, default=67e12, help="float32 peak (H100/H200 SXM, no TF32)")
     parser.add_argument("--gpu-bandwidth", type=float, default=4.8e12, help="bytes/s (H200)")
     parser.add_argument("--gpu-memory", type=float, default=141e9, help="bytes")
@@ -143,19 +148,17 @@ def main() -> None:
 
     n_train = sum(len(examples) for examples in train.values())
     n_dev = sum(len(examples) for examples in dev_sets.values())
-    n_candidates = 5 * len(job.alphas) + len(job.generated_exponents) - 1  # the default ks x alphas, then exponents
+    # the default ks x alphas, then the other exponents at the best FINALISTS
+    n_candidates = 5 * len(job.alphas) + FINALISTS * (len(job.generated_exponents) - 1)
     gpu = args.gpu_flops * args.gpu_utilisation
 
     projections = {}
     for name in SHAPES:
         shape = Shape.of(config(name))
-        largest_k = round(args.largest_k_share * shape.heads) if name != "smollm2-135m" else None
-        if largest_k is None:  # the default model: its own default ks, from its shipped exact scores
-            scores = {task: torch.tensor([[float("nan") if s is None else s for s in layer] for layer in
-                                          table.values()])
-                      for task, table in model.own_head_set("context").metadata["head_scores"].items()}
-            largest_k = max(default_ks(scores))
-        pool = min(shape.heads, round(args.candidates * largest_k))
+        if name == "smollm2-135m":  # the default model: the pool its screening gave
+            pool = json.loads(args.screened.read_text())["summary"]["rescored"]
+        else:
+            pool = min(shape.heads, round(args.candidates * args.largest_set_share * shape.heads))
         forward = shape.prefill(train_tokens)
         flops = {
             "plain_loop": n_train * shape.heads * forward,
@@ -166,7 +169,7 @@ def main() -> None:
         dev_compute = shape.prefill(dev_tokens) + new_tokens * shape.decode(dev_tokens + new_tokens / 2)
         dev_decode_bytes = new_tokens * 4 * shape.parameters / DEV_BATCH  # weights read once per step of a batch
         dev_total = n_candidates * n_dev
-        entry = {"parameters": shape.parameters, "heads": shape.heads, "largest_k": largest_k, "rescored": pool,
+        entry = {"parameters": shape.parameters, "heads": shape.heads, "rescored": pool,
                  "float32_weights_gb": round(4 * shape.parameters / 1e9, 1), "flops": {k: f"{v:.3g}" for k, v in
                                                                                        flops.items()}}
         for device, rate, dev_one in (

@@ -6,10 +6,12 @@ This benchmark follows both paths of ``pasta-rag profile`` for one job:
 * exact (``--exact``): every head scored exactly (the shipped set's ``head_scores``), the ``default_ks`` x alpha
   grid answered on the whole dev split (``--exact-choice full``, the reference) or raced, then the exponents.
 * screened (the default): every head screened at once on the job's whole training sets (the library's
-  ``screen_tasks``, run here), the first ``candidates x largest k`` heads in screened order rescored exactly.
+  ``screen_tasks``, run here), the first ``candidates x (the largest head set)`` heads in screened order
+  rescored exactly (``rescoring_pool``).
   Rescoring gives a head exactly its ``head_scores`` entry (the batched profiler is deterministic), so the
   screened path's scores are the exact table with every head outside the pool unscored. Its own ``default_ks``
-  grid is raced, then the exponents at the race's best, as ``profile_head_set`` does.
+  grid is raced, then the exponents at the race's best ``FINALISTS``: the library's ``dev_choice``, as
+  ``pasta-rag profile`` runs it.
 
 Dev answers are recorded per batch and keyed by the head set, alpha and exponent, so a head set both paths try
 is answered once; ``--reuse`` takes the answers recorded by ``dev_racing.py`` for the same model and job.
@@ -28,21 +30,19 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from dev_racing import BATCH, answer_batches, exact_scores, tally
+from dev_racing import BATCH, exact_scores, recorder
 from profile_screening import only
 
 from pasta_rag import PastaModel
 from pasta_rag.research.bench import machine
 from pasta_rag.research.profiling import JOBS, intersect_top_k, shipped_tasks, top_k
-from pasta_rag.research.profiling.racing import Tally, race, rank, with_tallies
+from pasta_rag.research.profiling.dev_choice import FINALISTS, dev_choice
+from pasta_rag.research.profiling.racing import with_tallies
 from pasta_rag.research.profiling.screening import rescoring_pool, screen_tasks, spearman
 from pasta_rag.research.profiling.selection import Candidate, candidate_pool, default_ks
-
-Score = Callable[[Candidate, str, int], Tally]
 
 
 def key_of(candidate: Candidate) -> str:
@@ -64,47 +64,17 @@ def reused_batches(path: Path, scores: dict[str, torch.Tensor]) -> dict[str, dic
     return batches
 
 
-def recorder(model: PastaModel, dev_sets: dict, steer_generated: bool, results: dict, out: Path,
-             asked: dict[tuple[str, str], int], path_name: str) -> Score:
-    """A race's ``score``: the recorded batches of a prefix, answering (and saving) only those not yet recorded;
-    ``asked`` keeps the longest prefix asked of each (candidate, dev set)."""
-
-    def score(candidate: Candidate, set_name: str, end: int) -> Tally:
-        key = key_of(candidate)
-        asked[(key, set_name)] = max(asked.get((key, set_name), 0), end)
-        done = results["batches"].setdefault(key, {}).setdefault(set_name, [])
-        answer_batches(model, candidate, dev_sets[set_name], done, end, steer_generated,
-                       lambda: out.write_text(json.dumps(results, indent=1)),
-                       f"{path_name} {label(candidate)} {set_name}")
-        return tally(done, end)
-
-    return score
-
-
-def choose(scores: dict[str, torch.Tensor], ks: list[int], job, sizes: dict[str, int], score: Score,
-           racing: bool) -> Candidate:
-    """The pick of ``profile_head_set``'s dev choice: the k x alpha grid, then the exponents at its best."""
-
-    def full(pool: list[Candidate]) -> list[Candidate]:
-        return rank([with_tallies(c, {name: score(c, name, size) for name, size in sizes.items()}) for c in pool])
-
-    def choice(pool: list[Candidate]) -> list[Candidate]:
-        return race(pool, sizes, score, BATCH) if racing else full(pool)
-
-    first = choice(candidate_pool(scores, ks, job.alphas, [1.0]))
-    best = first[0]
-    exponents = [Candidate(best.k, best.alpha, best.heads, {}, e) for e in job.generated_exponents if e != 1.0]
-    return rank(first + choice(exponents))[0]
-
-
 def screening_summary(exact: dict[str, torch.Tensor], screened: dict[str, torch.Tensor], pool: list,
                       ks: list[int]) -> dict:
     """Per task: Spearman of the screened ranking against the exact one, and of the exact top-k, how many are in the
-    rescoring pool."""
+    rescoring pool; and of each exact head set (the intersection at each k), how many of its heads are."""
     pooled = set(pool)
-    return {task: {"spearman": round(spearman(screened[task], table), 3),
-                   "exact_top_k_in_pool": {k: sum(pair in pooled for pair in top_k(table, k)) for k in ks}}
-            for task, table in exact.items()}
+    tasks = {task: {"spearman": round(spearman(screened[task], table), 3),
+                    "exact_top_k_in_pool": {k: sum(pair in pooled for pair in top_k(table, k)) for k in ks}}
+             for task, table in exact.items()}
+    sets = {k: f"{sum(pair in pooled for pair in intersect_top_k(exact, k))} of {len(intersect_top_k(exact, k))}"
+            for k in ks}
+    return tasks | {"exact_head_sets_in_pool": sets}
 
 
 def main() -> None:
@@ -143,20 +113,21 @@ def main() -> None:
 
     picks = {}
     ks = {"exact": default_ks(exact), "screened": default_ks(rescored)}
+    score = recorder(model, dev_sets, job.steer_generated, results, args.out, key_of)
     for path_name, scores, racing in (("exact", exact, args.exact_choice == "race"), ("screened", rescored, True)):
-        asked: dict[tuple[str, str], int] = {}
-        score = recorder(model, dev_sets, job.steer_generated, results, args.out, asked, path_name)
-        pick = choose(scores, ks[path_name], job, sizes, score, racing)
+        grid = candidate_pool(scores, ks[path_name], job.alphas, [1.0])
+        chosen = dev_choice(grid, job.generated_exponents, sizes, score, BATCH, racing)
+        pick = chosen.ranked[0]
         whole = with_tallies(pick, {name: score(pick, name, size) for name, size in sizes.items()})
         picks[path_name] = label(pick) | {"objective": round(whole.objective, 4), "ks": ks[path_name],
-                                          "dev_answers": sum(asked.values())}
+                                          "dev_answers": chosen.answers}
 
     exact_grid = {key_of(c) for c in candidate_pool(exact, ks["exact"], job.alphas, [1.0])}
     screened_grid = {key_of(c) for c in candidate_pool(rescored, ks["screened"], job.alphas, [1.0])}
     layers, heads = next(iter(exact.values())).shape
     pooled = set(pool)
     results["summary"] = {
-        "heads": layers * heads, "rescored": len(pool),
+        "heads": layers * heads, "rescored": len(pool), "finalists": FINALISTS,
         "left_out": [[layer, head] for layer in range(layers) for head in range(heads) if (layer, head) not in pooled],
         "screening_s": results["screened"]["seconds"],
         "ranking": screening_summary(exact, screened, pool, ks["exact"]),

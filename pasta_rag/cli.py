@@ -271,8 +271,8 @@ def profile(
         bool, typer.Option(help="Score every head exactly (the reference) instead of screening then rescoring.")
     ] = False,
     candidates: Annotated[
-        float, typer.Option(help="With screening: rescore exactly the first CANDIDATES x (largest k) heads in screened "
-                            "order (at least 1).")
+        float, typer.Option(help="With screening: rescore exactly the first CANDIDATES x (the largest head set tried) "
+                            "heads in screened order (at least 1).")
     ] = 2.0,
     screening: Annotated[
         str, typer.Option(help="What screening's gates scale: 'outputs' (each head's output between unsteered and "
@@ -298,8 +298,12 @@ def profile(
     ] = None,
     generated_exponents: Annotated[
         str | None, typer.Option(help="With --steer-generated: exponents e to try on dev, comma-separated; generated keys "
-                                 "are scaled by alpha**e (1: like the prompt), tried at the best k and alpha. "
-                                 "Default: the job's (context: 1,1.5,2,3); 1 for your own tasks.")
+                                 "are scaled by alpha**e (1: like the prompt), tried at the best --finalists k and "
+                                 "alpha. Default: the job's (context: 1,1.5,2,3); 1 for your own tasks.")
+    ] = None,
+    finalists: Annotated[
+        int | None, typer.Option(help="How many of the best (k, alpha), after the first stage, try the other "
+                                 "generated exponents (default: 2).")
     ] = None,
 ) -> None:
     """Find the heads to steer: screen every head, rescore the best exactly, intersect the per-task top-k, pick k on dev.
@@ -321,6 +325,7 @@ def profile(
     def plan_for(defaults: Job | None) -> Plan:
         return Plan(
             alpha=alpha, ks=ks_given, exact=exact, candidates=candidates, screening=screening, dev_choice=dev_choice,
+            **({"finalists": finalists} if finalists is not None else {}),
             alphas=_floats(alphas) if alphas else (defaults.alphas if defaults else (0.01, 0.1)),
             steer_generated=steer_generated if steer_generated is not None else bool(defaults and defaults.steer_generated),
             generated_exponents=(_floats(generated_exponents) if generated_exponents else

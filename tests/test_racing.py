@@ -10,14 +10,16 @@ from test_profiling import CONFLICTS, examples, tiny_engine
 from pasta_rag import PastaError
 from pasta_rag.research.profiling import Checkpoint, choose_heads, profile_tasks
 from pasta_rag.research.profiling import selection as selection_module
-from pasta_rag.research.profiling.pipeline import Plan, dev_work
-from pasta_rag.research.profiling.racing import Tally, answered, race, race_rounds, race_work, rank
+from pasta_rag.research.profiling.dev_choice import dev_choice
+from pasta_rag.research.profiling.pipeline import Plan
+from pasta_rag.research.profiling.racing import Schedule, Tally, answered, race, race_rounds, race_work, rank
 from pasta_rag.research.profiling.selection import Candidate
 
 
 def test_rounds_double_in_whole_batches_and_end_with_every_example():
     rounds = race_rounds({"short": 48, "long": 144, "control": 36}, batch=8)
     assert rounds == [
+        {"short": 8, "long": 16, "control": 8},  # a sixteenth of each, in whole batches
         {"short": 8, "long": 24, "control": 8},
         {"short": 16, "long": 40, "control": 16},
         {"short": 24, "long": 72, "control": 24},
@@ -107,8 +109,8 @@ def test_a_raced_choice_answers_as_the_full_choice_does_and_resumes(tmp_path, mo
     full = choose_heads(model, scores, dev, ks, alphas, Checkpoint.open(None, model.name, 0.01))
     path = tmp_path / "progress.json"
     counted: list[int] = []
-    raced = choose_heads(model, scores, dev, ks, alphas, Checkpoint.open(path, model.name, 0.01), counted.append,
-                         racing=True)
+    raced = choose_heads(model, scores, dev, ks, alphas, Checkpoint.open(path, model.name, 0.01),
+                         lambda what, work: counted.append, racing=True)
     by_key = {(c.k, c.alpha): c for c in full}
     finalists = [c for c in raced if answered(c) == 18]
     assert finalists  # a tiny random model ties often, and ties go on: what the race saves is tested above
@@ -122,11 +124,76 @@ def test_a_raced_choice_answers_as_the_full_choice_does_and_resumes(tmp_path, mo
     assert [(c.k, c.alpha, c.dev) for c in again] == [(c.k, c.alpha, c.dev) for c in raced]
     # and a full choice on it reads the finalists' whole-split results back
     assert Checkpoint.open(path, model.name, 0.01).dev_result(
-        selection_module.DevScorer(model, dev, Checkpoint.open(None, model.name, 0.01), False, None).key(
+        selection_module.DevScorer(model, dev, Checkpoint.open(None, model.name, 0.01), False).key(
             finalists[0])) is not None
 
 
-def test_the_progress_total_is_the_answers_asked():
-    dev = {"a": examples(CONFLICTS * 8), "b": examples(CONFLICTS)}  # 24 and 3
-    assert dev_work(5, dev, racing=False) == 5 * 27
-    assert dev_work(5, dev, racing=True) == race_work(5, {"a": 24, "b": 3}, batch=8) < 5 * 27
+def exponent_scorer(objective: dict[tuple[int, float], float], sizes: dict[str, int]):
+    """A score whose hit rate is fixed per (k, exponent): every prefix scores exactly that rate (in eighths)."""
+
+    def score(candidate: Candidate, name: str, end: int) -> Tally:
+        return Tally(round(objective[(candidate.k, candidate.generated_exponent)] * end), 0, end)
+
+    return score
+
+
+def test_the_exponents_are_tried_at_the_best_finalists_and_the_second_can_win():
+    sizes = {"a": 16, "b": 32}
+    # at exponent 1, k=1 is best and k=2 second; but k=2 gains most from exponent 2 (the Gemma case)
+    objective = {(0, 1.0): 0.25, (1, 1.0): 0.75, (2, 1.0): 0.625, (3, 1.0): 0.5,
+                 (1, 2.0): 0.75, (2, 2.0): 0.875, (1, 3.0): 0.5, (2, 3.0): 0.625, (3, 2.0): 1.0}
+    grid = [Candidate(k, 0.01, [(0, i) for i in range(k + 1)], {}) for k in range(4)]
+    score = exponent_scorer(objective, sizes)
+    for racing in (False, True):
+        one = dev_choice(grid, [1.0, 2.0, 3.0], sizes, score, 8, racing, finalists=1).ranked
+        assert (one[0].k, one[0].generated_exponent) == (1, 1.0)  # only k=1's exponents: none beats it
+        assert sorted((c.k, c.generated_exponent) for c in one if c.generated_exponent != 1) == [(1, 2.0), (1, 3.0)]
+        two = dev_choice(grid, [1.0, 2.0, 3.0], sizes, score, 8, racing, finalists=2).ranked
+        assert (two[0].k, two[0].generated_exponent) == (2, 2.0)  # k=3 (fourth at e = 1) never tries e = 2
+        assert two[0].generated_alpha == pytest.approx(0.01**2)
+        assert {(c.k, c.generated_exponent) for c in two} == {(k, 1.0) for k in range(4)} | {
+            (k, e) for k in (1, 2) for e in (2.0, 3.0)}
+    with pytest.raises(ValueError, match="finalists must be at least 1"):
+        dev_choice(grid, [1.0, 2.0], sizes, score, 8, False, finalists=0)
+    with pytest.raises(PastaError, match="finalists"):
+        Plan(finalists=0)
+    assert Plan().finalists == 2
+
+
+def test_each_stage_opens_with_its_total_and_advances_by_each_answer_once():
+    sizes = {"a": 24, "b": 3}
+    objective = {(k, e): 0.15 * k + 0.05 * e for k in range(5) for e in (1.0, 2.0)}
+    grid = [Candidate(k, 0.01, [(0, i) for i in range(k + 1)], {}) for k in range(5)]
+    for racing in (False, True):
+        stages: list[tuple[str, int, list[int]]] = []
+
+        def stage(what: str, work: int) -> object:
+            stages.append((what, work, []))
+            return stages[-1][2].append
+
+        chosen = dev_choice(grid, [1.0, 2.0], sizes, exponent_scorer(objective, sizes), 8, racing, finalists=2,
+                            stage=stage)
+        how = "racing" if racing else "choosing"
+        assert [what for what, _, _ in stages] == [f"{how} k and alpha on dev", f"{how} generated_alpha on dev"]
+        totals = [race_work(5, sizes, 8), race_work(2, sizes, 8)] if racing else [5 * 27, 2 * 27]
+        assert [work for _, work, _ in stages] == totals  # no tie in this grid: the totals are what was asked
+        assert [sum(advanced) for _, _, advanced in stages] == totals
+        assert chosen.answers == sum(totals) == sum(answered(c) for c in chosen.ranked)
+
+
+def test_a_schedule_is_shares_and_narrows_the_race_it_is_given():
+    sizes = {"a": 64, "b": 128}
+    quality = {k: 0.3 + 0.02 * k for k in range(16)} | {16: 0.95}
+    work = {}
+    for schedule in (Schedule(), Schedule(first_share=1 / 8), Schedule(keep=1 / 3)):
+        pool, score, asked = synthetic(quality, sizes)
+        assert race(pool, sizes, score, 8, schedule)[0].k == 16
+        work[schedule] = sum(asked.values())
+        assert work[schedule] >= race_work(len(pool), sizes, 8, schedule)  # ties at a cut only add
+    assert work[Schedule(keep=1 / 3)] < work[Schedule()] < work[Schedule(first_share=1 / 8)]
+    assert race_work(17, sizes, 8, Schedule(keep=1 / 3)) < race_work(17, sizes, 8)
+    for wrong in ({"first_share": 0}, {"keep": 1.5}, {"keep": 0}):
+        with pytest.raises(ValueError, match="is a share in"):
+            Schedule(**wrong)
+
+

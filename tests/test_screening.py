@@ -119,14 +119,18 @@ def test_screened_order_is_the_order_heads_enter_the_intersection():
         screened_order({})
 
 
-def test_the_rescoring_pool_is_candidates_times_the_largest_k_in_screened_order():
+def test_the_rescoring_pool_is_candidates_times_the_largest_head_set_in_screened_order():
     generator = torch.Generator().manual_seed(1)
     screened = {name: torch.randn(5, 6, generator=generator) for name in ("a", "b")}
     order = screened_order(screened)
-    assert rescoring_pool(screened, 2.0, 4) == sorted(order[:8])
-    assert rescoring_pool(screened, 1.0, 4) == sorted(order[:4])
-    assert rescoring_pool(screened, 2.5, 3) == sorted(order[:8])  # rounded
-    assert len(rescoring_pool(screened, 4.0, 20)) == 30  # never more than every head
+    largest = len(intersect_top_k(screened, 12))  # the head set the largest k tried gives, not k itself
+    assert 1 < largest < 12
+    assert rescoring_pool(screened, 2.0, 12) == sorted(order[: 2 * largest])
+    assert rescoring_pool(screened, 1.0, 12) == sorted(order[:largest])
+    assert set(intersect_top_k(screened, 12)) <= set(rescoring_pool(screened, 1.0, 12))
+    assert rescoring_pool(screened, 1.5, 12) == sorted(order[: round(1.5 * largest)])  # rounded
+    assert len(rescoring_pool(screened, 4.0, 30)) == 30  # never more than every head
+    assert len(rescoring_pool(screened, 2.0, 1)) >= 1  # an empty intersection still rescores its best head
     for refused in (0.5, 0.0, -2.0, math.nan):
         with pytest.raises(PastaError, match="candidates must be at least 1.*--exact"):
             rescoring_pool(screened, refused, 4)
@@ -170,12 +174,12 @@ def test_profile_with_no_tasks_profiles_both_jobs_and_the_model_finds_them(tmp_p
     assert set(context["metadata"]["tasks"]) == {"conflicts", "conflicts_long"}
     assert set(instructions["metadata"]["tasks"]) == {"json", "pronouns"}
     assert "screened at once" in context["metadata"]["method"] and "screened_scores" in context["metadata"]
-    # --ks 4,8 on 12 heads: 2 x 8 candidates is every head
+    # --ks 4,8 on 12 heads: 2 x the head set of k = 8 is every head
     assert (context["metadata"]["rescored_heads"], context["metadata"]["of_heads"]) == (12, 12)
     assert "screened all 12 heads, rescored 12 exactly" in result.output
     assert context["metadata"]["steer_generated"] is True and instructions["metadata"]["steer_generated"] is False
     tried = sorted(c.get("generated_exponent", 1.0) for c in context["metadata"]["candidates"])
-    assert tried == [1.0, 1.0, 1.5]  # the k x alpha grid (k 4 and 8, alpha 0.1), then e = 1.5 at its best
+    assert tried == [1.0, 1.0, 1.5, 1.5]  # the k x alpha grid (k 4 and 8, alpha 0.1), then e = 1.5 at both
     model = PastaModel.from_pretrained(folder)
     assert model.heads.pairs() == sorted(tuple(p) for p in _pairs(context["heads"]))
     assert model.resolve_heads("instructions").pairs() == sorted(_pairs(instructions["heads"]))
@@ -186,11 +190,14 @@ def test_profile_with_no_tasks_profiles_both_jobs_and_the_model_finds_them(tmp_p
                                     "--ks", "4", "--job", "context", "--screening", "bias"])
     assert bias.exit_code == 0, bias.output
     assert (tmp_path / "bias.json").exists() and not (tmp_path / "bias.instructions.json").exists()
-    assert "screened all 12 heads, rescored 8 exactly" in bias.output  # 2 x 4 candidates
     bias_metadata = json.loads((tmp_path / "bias.json").read_text())["metadata"]
-    assert (bias_metadata["rescored_heads"], bias_metadata["of_heads"]) == (8, 12)
+    screened = {task: torch.tensor([rows[str(layer)] for layer in range(len(rows))])
+                for task, rows in bias_metadata["screened_scores"].items()}
+    pool = len(rescoring_pool(screened, 2.0, 4))  # 2 x the screened head set of k = 4
+    assert pool < 12 and f"screened all 12 heads, rescored {pool} exactly" in bias.output
+    assert (bias_metadata["rescored_heads"], bias_metadata["of_heads"]) == (pool, 12)
     assert sum(s is not None for scores in bias_metadata["head_scores"].values() for layer in scores.values()
-               for s in layer) == 8 * len(bias_metadata["tasks"])
+               for s in layer) == pool * len(bias_metadata["tasks"])
     assert "scored all 12 heads exactly" in exact.output
     exact_metadata = json.loads((tmp_path / "exact.instructions.json").read_text())["metadata"]
     assert "rescored_heads" not in exact_metadata and exact_metadata["of_heads"] == 12

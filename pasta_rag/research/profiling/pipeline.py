@@ -16,10 +16,10 @@ from ...errors import PastaError
 from ...heads import HeadSet
 from ..evaluation import Example
 from .checkpoint import Checkpoint
-from .racing import race_work, rank
+from .dev_choice import FINALISTS
 from .run import profile_cost, profile_tasks
 from .screening import check_candidates, rescoring_pool, screen_tasks
-from .selection import DEV_BATCH, Candidate, candidate_pool, choose_heads, default_ks, profiled_head_set
+from .selection import Candidate, choose_heads, default_ks, profiled_head_set
 
 DEV_CHOICES = ("race", "full")
 
@@ -38,7 +38,8 @@ class Plan:
     alphas: Sequence[float] = (0.01, 0.1)
     steer_generated: bool = False
     generated_exponents: Sequence[float] = (1.0,)
-    """The first grid uses 1 (or the first given); the others are tried at its best k and alpha."""
+    """The first grid uses 1 (or the first given); the others are tried at its best ``finalists`` k and alpha."""
+    finalists: int = FINALISTS
     exact: bool = False
     """Score every head exactly (the reference) instead of screening then rescoring the candidates."""
     candidates: float = 2.0
@@ -51,6 +52,9 @@ class Plan:
 
     def __post_init__(self) -> None:
         check_candidates(self.candidates)  # before a model is loaded
+        if self.finalists < 1:
+            raise PastaError(f"finalists (--finalists) is how many of the best (k, alpha) try the other generated "
+                             f"exponents: at least 1, got {self.finalists}.")
         if self.dev_choice not in (None, *DEV_CHOICES):
             raise PastaError(f"dev_choice (--dev-choice) is one of {', '.join(DEV_CHOICES)} (or None: full with exact, race "
                              f"otherwise), got {self.dev_choice!r}.")
@@ -82,26 +86,9 @@ def profile_head_set(
         advance = stage(f"rescoring {len(pool)} candidates exactly", profile_cost(layers, pool, heads) * len(tasks))
         scores = profile_tasks(model, tasks, plan.alpha, checkpoint, advance, heads=pool)
     sizes = list(plan.ks) if plan.ks else default_ks(scores)
-    exponents = list(plan.generated_exponents)
-    first = 1.0 if 1.0 in exponents else exponents[0]
-    how = "racing" if plan.racing else "choosing"
-    pool = len(candidate_pool(scores, sizes, plan.alphas, [first]))
-    advance = stage(f"{how} k and alpha on dev", dev_work(pool, dev_sets, plan.racing))
-    ranked = choose_heads(model, scores, dev_sets, sizes, plan.alphas, checkpoint, advance, plan.steer_generated,
-                          [first], racing=plan.racing)
-    others = [exponent for exponent in exponents if exponent != first]
-    if others:
-        best = ranked[0]
-        advance = stage(f"{how} generated_alpha on dev", dev_work(len(others), dev_sets, plan.racing))
-        ranked = rank(ranked + choose_heads(model, scores, dev_sets, [best.k], [best.alpha], checkpoint, advance,
-                                            plan.steer_generated, others, racing=plan.racing))
+    ranked = choose_heads(model, scores, dev_sets, sizes, plan.alphas, checkpoint, stage, plan.steer_generated,
+                          plan.generated_exponents, racing=plan.racing, finalists=plan.finalists)
     sizes_by_task = {name: len(examples) for name, examples in tasks.items()}
     head_set = profiled_head_set(model.name, scores, sizes_by_task, plan.alpha, ranked, plan.steer_generated,
                                  screened=screened, racing=plan.racing)
     return head_set, ranked
-
-
-def dev_work(candidates: int, dev_sets: Mapping[str, Sequence[Example]], racing: bool) -> int:
-    """The dev answers a choice among ``candidates`` asks for (when racing: with no tie at a cut, ``race_work``)."""
-    sizes = {name: len(examples) for name, examples in dev_sets.items()}
-    return race_work(candidates, sizes, DEV_BATCH) if racing else candidates * sum(sizes.values())

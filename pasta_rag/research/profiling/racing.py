@@ -22,8 +22,26 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # selection races its candidates, so it imports this module
     from .selection import Candidate
 
-FIRST_SHARE = 1 / 8
-"""The share of each dev set the first round answers; each later round doubles it, up to the whole set."""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How fast a race narrows: what the first round answers, and what each cut keeps."""
+
+    first_share: float = 1 / 16
+    """The share of each dev set the first round answers (at least one batch); each later round doubles it.
+    Why a sixteenth and not more: replayed on a recorded full grid in many dev orders
+    (``benchmarks/race_schedules.py``), it rarely changed the pick and saved much of the first round."""
+    keep: float = 1 / 2
+    """The share of candidates each cut keeps (rounded up; a tie at the cut keeps more)."""
+
+    def __post_init__(self) -> None:
+        for name in ("first_share", "keep"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"A race's {name} is a share in (0, 1], got {getattr(self, name)}.")
+
+
+DEFAULT_SCHEDULE = Schedule()
 
 
 @dataclass(frozen=True)
@@ -50,20 +68,20 @@ Score = Callable[["Candidate", str, int], Tally]
 """The tally of a candidate on the first ``end`` examples of the named dev set."""
 
 
-def race_work(candidates: int, sizes: Mapping[str, int], batch: int) -> int:
+def race_work(candidates: int, sizes: Mapping[str, int], batch: int, schedule: Schedule = DEFAULT_SCHEDULE) -> int:
     """The answers a race of ``candidates`` asks for when no tie holds a candidate back at a cut (a progress
     bar's total: each tie kept adds that candidate's next answers)."""
     work, answered_before, left = 0, 0, candidates
-    rounds = race_rounds(sizes, batch)
-    for ends in rounds:
+    for ends in race_rounds(sizes, batch, schedule.first_share):
         total = sum(ends.values())
         work += left * (total - answered_before)
         answered_before = total
-        left = math.ceil(left / 2)
+        left = math.ceil(left * schedule.keep)
     return work
 
 
-def race_rounds(sizes: Mapping[str, int], batch: int, first_share: float = FIRST_SHARE) -> list[dict[str, int]]:
+def race_rounds(sizes: Mapping[str, int], batch: int, first_share: float = DEFAULT_SCHEDULE.first_share
+                ) -> list[dict[str, int]]:
     """The prefix each round's survivors have answered, per dev set: doubling, in whole batches, ending whole."""
     if not 0 < first_share <= 1:
         raise ValueError(f"first_share must be in (0, 1], got {first_share}")
@@ -89,15 +107,16 @@ def answered(candidate: Candidate) -> int:
     return sum(int(metrics["n"]) for metrics in candidate.dev.values())
 
 
-def race(candidates: Sequence[Candidate], sizes: Mapping[str, int], score: Score, batch: int) -> list[Candidate]:
+def race(candidates: Sequence[Candidate], sizes: Mapping[str, int], score: Score, batch: int,
+         schedule: Schedule = DEFAULT_SCHEDULE) -> list[Candidate]:
     """Every candidate ranked (``rank``): the last round's on the whole dev split, the others on what they reached.
 
     ``sizes``: each dev set's length; ``score`` answers the prefixes ``race_rounds`` gives, growing."""
     survivors, dropped = list(candidates), []
-    for ends in race_rounds(sizes, batch):
+    for ends in race_rounds(sizes, batch, schedule.first_share):
         scored = rank([with_tallies(c, {name: score(c, name, end) for name, end in ends.items()})
                        for c in survivors])
-        keep = math.ceil(len(scored) / 2) if ends != dict(sizes) else len(scored)
+        keep = math.ceil(len(scored) * schedule.keep) if ends != dict(sizes) else len(scored)
         while keep < len(scored) and tied(scored[keep], scored[keep - 1]):
             keep += 1  # a tie at the cut is no evidence: both go on
         survivors, dropped = scored[:keep], scored[keep:] + dropped

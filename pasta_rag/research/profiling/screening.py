@@ -42,7 +42,7 @@ from ...steering import SteeringState, steering
 from ..evaluation import Example
 from .rows import ScoringRow, _Batch, scoring_row
 from .scorer import _chunks, _decoder_layers
-from .selection import Pair, top_k
+from .selection import Pair, intersect_top_k, top_k
 
 
 def screen_tasks(
@@ -163,16 +163,24 @@ def candidate_heads(screened: Mapping[str, torch.Tensor], count: int) -> list[Pa
 
 
 def rescoring_pool(screened: Mapping[str, torch.Tensor], candidates: float, largest_k: int) -> list[Pair]:
-    """The first ``candidates x largest_k`` heads in screened order, rescored exactly (at most every head)."""
+    """The first ``candidates x (the largest head set)`` heads in screened order, rescored exactly (at most every
+    head); the largest head set is the screened intersection at ``largest_k``.
+
+    What the dev choice tries are intersections of the per-task top k, and the largest holds far fewer heads
+    than ``largest_k`` when tasks disagree; sizing the pool by k would rescore nearly every head. The pool is a
+    prefix of the order in which heads enter the intersection, so it holds the screened largest set and as many
+    again (with 2) for the heads screening misplaces."""
     check_candidates(candidates)
-    return candidate_heads(screened, round(candidates * largest_k))
+    largest_set = max(1, len(intersect_top_k(screened, largest_k)))
+    return candidate_heads(screened, round(candidates * largest_set))
 
 
 def check_candidates(candidates: float) -> None:
-    """Below 1 the pool would hold fewer heads than the largest k tried can take, so it is refused."""
+    """Below 1 the pool would hold fewer heads than the largest head set tried, so it is refused."""
     if not candidates >= 1:
-        raise PastaError(f"candidates must be at least 1 (the rescored pool holds candidates x the largest k "
-                         f"tried), got {candidates}; use 2-4, or profile with --exact to score every head exactly.")
+        raise PastaError(f"candidates must be at least 1 (the rescored pool holds candidates x the largest head "
+                         f"set tried), got {candidates}; use 2-4, or profile with --exact to score every head "
+                         "exactly.")
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -20,7 +20,8 @@ from ...errors import PastaError
 from ...heads import HeadSet
 from ..evaluation import Example, evaluate
 from .checkpoint import Checkpoint
-from .racing import Tally, race, rank, with_tallies
+from .dev_choice import FINALISTS, Stage, dev_choice
+from .racing import Tally
 
 Pair = tuple[int, int]
 DEV_BATCH = 8
@@ -91,17 +92,19 @@ def choose_heads(
     ks: Sequence[int],
     alphas: Sequence[float],
     checkpoint: Checkpoint,
-    progress: Callable[[int], None] | None = None,
+    stage: Stage | None = None,
     steer_generated: bool = False,
     generated_exponents: Sequence[float] = (1.0,),
     racing: bool = False,
+    finalists: int = FINALISTS,
 ) -> list[Candidate]:
-    """Every distinct (top-k intersection, alpha, generated exponent) scored on dev, best first (``rank``).
+    """Every distinct top-k intersection x alpha scored on dev, then the other generated exponents at the best
+    ``finalists`` (``dev_choice``); every candidate tried, best first (``rank``).
 
     ``steer_generated``: the candidates generate with generated keys steered too (``SteeringState``), scaled by
-    ``alpha ** exponent`` for each of ``generated_exponents`` (1: by alpha, like the prompt).
-    ``racing``: successive halving (the ``racing`` module): only the last few answer the whole dev split; without
-    it, every candidate does (the reference)."""
+    ``alpha ** exponent`` for each of ``generated_exponents`` (1: by alpha, like the prompt; the first stage uses
+    1, or the first given). ``racing``: successive halving (the ``racing`` module): only the last few answer the
+    whole dev split; without it, every candidate does (the reference). ``stage`` opens each stage's progress."""
     if not dev_sets:
         raise PastaError("Choosing k and alpha needs at least one dev set.")
     if not generated_exponents or any(not exponent > 0 for exponent in generated_exponents):
@@ -110,14 +113,13 @@ def choose_heads(
     if not steer_generated and list(generated_exponents) != [1.0]:
         raise PastaError("Generated exponents apply to generated keys, which only steer_generated steers: "
                          "pass --steer-generated, or leave the exponents out.")
-    pool = candidate_pool(task_scores, ks, alphas, generated_exponents)
-    if not pool:
+    first = 1.0 if 1.0 in generated_exponents else generated_exponents[0]
+    grid = candidate_pool(task_scores, ks, alphas, [first])
+    if not grid:
         raise PastaError(f"No top-k in {list(ks)} leaves a head common to all tasks; try larger k.")
-    score = DevScorer(model, dev_sets, checkpoint, steer_generated, progress)
+    score = DevScorer(model, dev_sets, checkpoint, steer_generated)
     sizes = {name: len(examples) for name, examples in dev_sets.items()}
-    if racing:
-        return race(pool, sizes, score, DEV_BATCH)
-    return rank([with_tallies(c, {name: score(c, name, size) for name, size in sizes.items()}) for c in pool])
+    return dev_choice(grid, generated_exponents, sizes, score, DEV_BATCH, racing, finalists, stage).ranked
 
 
 def candidate_pool(task_scores: Mapping[str, torch.Tensor], ks: Sequence[int], alphas: Sequence[float],
@@ -139,11 +141,8 @@ class DevScorer:
     whole-set run gives, and a race that asks for more only answers the new examples."""
 
     def __init__(self, model: PastaModel, dev_sets: Mapping[str, Sequence[Example]], checkpoint: Checkpoint,
-                 steer_generated: bool, progress: Callable[[int], None] | None) -> None:
-        self.model, self.dev_sets, self.checkpoint = model, dev_sets, checkpoint
-        self.steer_generated, self.progress = steer_generated, progress
-        self.asked: dict[tuple[str, str], int] = {}
-        """The prefix already asked per (candidate key, dev set): progress counts each answer once."""
+                 steer_generated: bool) -> None:
+        self.model, self.dev_sets, self.checkpoint, self.steer_generated = model, dev_sets, checkpoint, steer_generated
         self.fingerprint = hashlib.sha256(
             json.dumps({name: [asdict(e) for e in examples] for name, examples in dev_sets.items()}).encode()
         ).hexdigest()[:16]
@@ -157,9 +156,6 @@ class DevScorer:
 
     def __call__(self, candidate: Candidate, set_name: str, end: int) -> Tally:
         key, examples = self.key(candidate), self.dev_sets[set_name]
-        if self.progress:
-            self.progress(end - self.asked.get((key, set_name), 0))
-        self.asked[(key, set_name)] = end
         whole = self.checkpoint.dev_result(key)
         if whole is not None and end == len(examples):  # filed as rates by a whole-split run
             return Tally(round(whole[set_name]["acc"] * end), round(whole[set_name]["rep"] * end), end)
