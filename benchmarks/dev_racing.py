@@ -10,7 +10,8 @@ the median batch of each dev set (a long-context batch costs several short ones)
 
 The grid: the job's alphas at the top-k sizes ``default_ks`` gives for the exact scores in the model's shipped
 head set (``head_scores``), then the job's generated exponents at the best ``FINALISTS`` (k, alpha) of the grid
-and of the race (the library's ``dev_choice``, on answers recorded as they are asked for). ``--out`` is rewritten after every batch, and a rerun resumes from it.
+and of the race (the library's ``dev_choice``, on answers recorded as they are asked for). ``--out`` is
+rewritten after every batch, and a rerun resumes from it.
 
     python benchmarks/dev_racing.py --model default --job context --out benchmarks/results/dev_racing_smollm2.json
 """

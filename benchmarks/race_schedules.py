@@ -21,7 +21,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from dev_racing import BATCH, batch_seconds, tally
+from dev_racing import BATCH, answers_by_set, batch_seconds, tally
 
 from pasta_rag.research.profiling.racing import Schedule, race, rank, with_tallies
 from pasta_rag.research.profiling.selection import Candidate
@@ -46,19 +46,13 @@ def replay(results: dict, named: dict[str, Candidate], orders: dict[str, list[in
     """One race on the recorded batches taken in ``orders``: its pick, what it asked for and what that costs."""
     sizes = results["dev_sizes"]
     names = {(c.k, c.alpha): name for name, c in named.items()}
-    asked: dict[tuple[str, str], int] = {}
-
-    def batches(candidate: Candidate, set_name: str) -> list[dict]:
-        recorded = results["batches"][names[(candidate.k, candidate.alpha)]][set_name]
-        return [recorded[i] for i in orders[set_name]]
 
     def score(candidate: Candidate, set_name: str, end: int):
-        key = (names[(candidate.k, candidate.alpha)], set_name)
-        asked[key] = max(asked.get(key, 0), end)
-        return tally(batches(candidate, set_name), end)
+        recorded = results["batches"][names[(candidate.k, candidate.alpha)]][set_name]
+        return tally([recorded[i] for i in orders[set_name]], end)
 
-    pick = race(list(named.values()), sizes, score, BATCH, schedule)[0]
-    answered = {set_name: sum(end for (_, name), end in asked.items() if name == set_name) for set_name in sizes}
+    ranked = race(list(named.values()), sizes, score, BATCH, schedule)
+    pick, answered = ranked[0], answers_by_set(ranked)
     return {"pick": names[(pick.k, pick.alpha)], "answers": sum(answered.values()),
             "seconds": sum(count / BATCH * seconds[name] for name, count in answered.items())}
 

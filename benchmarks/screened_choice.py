@@ -111,19 +111,18 @@ def main() -> None:
     pool = rescoring_pool(screened, args.candidates, max(default_ks(screened)))
     rescored = {task: only(table, pool) for task, table in exact.items()}
 
-    picks = {}
+    picks, grids = {}, {}
     ks = {"exact": default_ks(exact), "screened": default_ks(rescored)}
     score = recorder(model, dev_sets, job.steer_generated, results, args.out, key_of)
     for path_name, scores, racing in (("exact", exact, args.exact_choice == "race"), ("screened", rescored, True)):
-        grid = candidate_pool(scores, ks[path_name], job.alphas, [1.0])
-        chosen = dev_choice(grid, job.generated_exponents, sizes, score, BATCH, racing)
+        grids[path_name] = candidate_pool(scores, ks[path_name], job.alphas, [1.0])
+        chosen = dev_choice(grids[path_name], job.generated_exponents, sizes, score, BATCH, racing)
         pick = chosen.ranked[0]
         whole = with_tallies(pick, {name: score(pick, name, size) for name, size in sizes.items()})
         picks[path_name] = label(pick) | {"objective": round(whole.objective, 4), "ks": ks[path_name],
                                           "dev_answers": chosen.answers}
 
-    exact_grid = {key_of(c) for c in candidate_pool(exact, ks["exact"], job.alphas, [1.0])}
-    screened_grid = {key_of(c) for c in candidate_pool(rescored, ks["screened"], job.alphas, [1.0])}
+    exact_grid, screened_grid = ({key_of(c) for c in grids[path]} for path in ("exact", "screened"))
     layers, heads = next(iter(exact.values())).shape
     pooled = set(pool)
     results["summary"] = {

@@ -77,4 +77,3 @@ def dev_choice(
               for best in first[:finalists] for exponent in exponents if exponent not in tried]
     ranked = rank(first + judged(second, "generated_alpha")) if second else first
     return DevChoice(ranked, sum(asked.values()))
-

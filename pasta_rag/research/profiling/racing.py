@@ -23,7 +23,6 @@ if TYPE_CHECKING:  # selection races its candidates, so it imports this module
     from .selection import Candidate
 
 
-
 @dataclass(frozen=True)
 class Schedule:
     """How fast a race narrows: what the first round answers, and what each cut keeps."""
