@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -12,6 +13,9 @@ from rich.table import Table
 
 from .errors import PastaError
 from .prompts import question_prompt
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 app = typer.Typer(
     help=(
@@ -348,6 +352,28 @@ def profile(
         raise typer.Exit(2) from None
 
 
+class StageBars:
+    """One progress bar per profiling stage; a stage's bar is completed when the next one opens (or the run ends).
+
+    A stage's work is advanced in float shares (a head's share of a layer) that can sum to a hair under its
+    total; a bar left short would keep its clock running to the end of the command."""
+
+    def __init__(self, progress: Progress, label: str = "") -> None:
+        self.progress, self.label, self.bars = progress, label, []
+
+    def open(self, description: str, total: float) -> Callable[[float], None]:
+        self.finish()
+        bar = self.progress.add_task(self.label + description, total=total)
+        self.bars.append(bar)
+        return lambda n: self.progress.advance(bar, n)
+
+    def finish(self) -> None:
+        """Complete the open stage's bar: its work is done."""
+        if self.bars:
+            task = next(task for task in self.progress.tasks if task.id == self.bars[-1])
+            self.progress.update(task.id, completed=task.total)
+
+
 def _profile_one(pasta, purpose: str | None, tasks: dict, dev_sets: dict, plan, progress_file, path: Path) -> None:
     """One head set: profiled, written to PATH, and (for a shipped job) saved where the model finds it again."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -360,12 +386,9 @@ def _profile_one(pasta, purpose: str | None, tasks: dict, dev_sets: dict, plan, 
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
     label = f"{purpose}: " if purpose else ""
     with Progress(*columns, console=errors) as progress:
-
-        def stage(description: str, total: float):
-            bar = progress.add_task(label + description, total=total)
-            return lambda n: progress.advance(bar, n)
-
-        head_set, ranked = profile_head_set(pasta, tasks, dev_sets, plan, progress_file, stage)
+        stages = StageBars(progress, label)
+        head_set, ranked = profile_head_set(pasta, tasks, dev_sets, plan, progress_file, stages.open)
+        stages.finish()
     path.parent.mkdir(parents=True, exist_ok=True)
     head_set.save(path)
     table = Table(title=f"{pasta.name}{' ' + purpose if purpose else ''}: candidates on dev (best first)")

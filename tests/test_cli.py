@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -176,3 +177,24 @@ def test_profile_refuses_fewer_candidates_than_the_largest_k(model_dir, tmp_path
     assert result.exit_code == 2
     assert "candidates must be at least 1" in result.output and "--exact" in result.output
     assert not out.exists()
+
+
+def test_each_profiling_bar_is_completed_when_the_next_stage_opens_and_at_the_end():
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from pasta_rag.cli import StageBars
+
+    with Progress(console=Console(file=io.StringIO())) as progress:
+        stages = StageBars(progress, "context: ")
+        advance = stages.open("rescoring", total=1.0)
+        for _ in range(10):
+            advance(0.1)  # ten float shares sum to a hair under 1
+        first = progress.tasks[0]
+        assert not first.finished
+        stages.open("racing", total=3)(2)
+        assert first.finished and first.completed == 1.0
+        assert not progress.tasks[1].finished
+        stages.finish()
+        assert [task.finished for task in progress.tasks] == [True, True]
+        assert progress.tasks[1].description == "context: racing"
