@@ -34,7 +34,7 @@ from pasta_rag.research.bench import machine
 from pasta_rag.research.evaluation import evaluate
 from pasta_rag.research.profiling import JOBS, intersect_top_k, shipped_tasks
 from pasta_rag.research.profiling.dev_choice import FINALISTS, dev_choice
-from pasta_rag.research.profiling.racing import Score, Tally, answered, rank, with_tallies
+from pasta_rag.research.profiling.racing import Tally, answered, one_at_a_time, rank, with_tallies
 from pasta_rag.research.profiling.selection import Candidate, candidate_model, default_ks
 
 BATCH = 8
@@ -77,8 +77,8 @@ def tally(batches: list[dict], end: int) -> Tally:
 
 
 def recorder(model: PastaModel, dev_sets: dict, steer_generated: bool, results: dict, out: Path,
-             key: Callable[[Candidate], str]) -> Score:
-    """A dev choice's ``score``: a prefix's recorded batches (``results["batches"][key][set]``), answering and
+             key: Callable[[Candidate], str]) -> Callable[[Candidate, str, int], Tally]:
+    """A candidate's tally (a dev choice's ``score`` through ``racing.one_at_a_time``): a prefix's recorded batches (``results["batches"][key][set]``), answering and
     saving only those not yet recorded, so a rerun resumes and a candidate asked twice is answered once."""
 
     def score(candidate: Candidate, set_name: str, end: int) -> Tally:
@@ -124,12 +124,12 @@ def main() -> None:
 
     grid = [Candidate(k, alpha, intersect_top_k(scores, k), {}) for k in ks for alpha in job.alphas]
     sizes = {name: len(examples) for name, examples in dev_sets.items()}
-    score = recorder(model, dev_sets, job.steer_generated, results, args.out, name_of)
+    tally_one = recorder(model, dev_sets, job.steer_generated, results, args.out, name_of)
     # The exact path (every candidate on the whole dev split), then the raced one on the same recorded answers.
-    exact = dev_choice(grid, job.generated_exponents, sizes, score, BATCH, racing=False)
-    raced = dev_choice(grid, job.generated_exponents, sizes, score, BATCH, racing=True)
+    exact = dev_choice(grid, job.generated_exponents, sizes, one_at_a_time(tally_one), BATCH, racing=False)
+    raced = dev_choice(grid, job.generated_exponents, sizes, one_at_a_time(tally_one), BATCH, racing=True)
     exact_objective = exact.ranked[0].objective
-    raced_objective = with_tallies(raced.ranked[0], {name: score(raced.ranked[0], name, size)
+    raced_objective = with_tallies(raced.ranked[0], {name: tally_one(raced.ranked[0], name, size)
                                                      for name, size in sizes.items()}).objective
     median = batch_seconds(results)
 

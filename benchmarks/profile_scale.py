@@ -10,7 +10,9 @@ Calibration, on the default model (SmolLM2-135M, the only model measured on ever
 - the plain loop and the exact batched profiler: ``results/profile_speed_smollm2.json``;
 - screening against the exact profiler on the same rows: ``results/profile_screening_smollm2.json``;
 - the dev choice (greedy generation, batched): timed here on the first ``--dev-examples`` records of each
-  dev set, steered with the model's shipped context set.
+  dev set, steered with the model's shipped context set, twice: one candidate answering alone (how the dev
+  choice ran before; the ``exact_before`` and plain-loop paths) and ``--dev-candidates`` candidates answering
+  the same examples together, each prompt's start computed once (how it runs now; the other paths).
 Each stage's seconds on the default model divided by its FLOP count gives that stage's effective FLOP/s on
 this CPU; the larger models get the same FLOP/s (conservative: bigger matmuls run closer to the peak).
 FLOPs come from the model shapes, built here as transformers configs (no hub): 2 x (weights used per
@@ -18,7 +20,8 @@ token) plus the attention scores and values over the prompt.
 
 On the GPU every stage runs at ``--gpu-flops`` x ``--gpu-utilisation`` (float32: the profiler scores in
 float32, because bfloat16 changes the head order), except the decoding of the dev answers, which is bound by
-reading the weights once per step of a batch: ``--gpu-bandwidth`` x ``--gpu-utilisation`` per batch of 8.
+reading the weights once per step of a batch: ``--gpu-bandwidth`` x ``--gpu-utilisation`` per batch (8 rows
+alone; shared, as many as ``dev_answers`` packs).
 
     python benchmarks/profile_scale.py --out benchmarks/results/profile_scale.json
 """
@@ -37,8 +40,10 @@ from transformers import LlamaConfig
 from pasta_rag import PastaModel
 from pasta_rag.research.bench import machine
 from pasta_rag.research.evaluation import NEW_TOKENS, evaluate
-from pasta_rag.research.profiling import JOBS, scoring_row, shipped_tasks
+from pasta_rag.research.profiling import JOBS, Candidate, Checkpoint, scoring_row, shipped_tasks
+from pasta_rag.research.profiling.dev_answers import MAX_ROWS, ROW_TOKENS
 from pasta_rag.research.profiling.dev_choice import FINALISTS
+from pasta_rag.research.profiling.selection import DevScorer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -95,17 +100,48 @@ def mean_tokens(model: PastaModel, sets: dict) -> float:
     return sum(len(row.input_ids) for row in rows) / len(rows)
 
 
-def time_dev(model: PastaModel, dev_sets: dict, count: int) -> tuple[float, int]:
-    """Seconds per dev example of one candidate (greedy, batched, steered), and the examples timed."""
+def mean_prefix(model: PastaModel, sets: dict) -> float:
+    """Mean prompt tokens before the first emphasized one: what every candidate computes alike."""
+    rows = [scoring_row(model, example) for examples in sets.values() for example in examples]
+    return sum(row.first_affected for row in rows) / len(rows)
+
+
+def time_dev_alone(model: PastaModel, dev_sets: dict, count: int) -> tuple[float, int]:
+    """Seconds per dev answer of one candidate answering alone (``evaluate``'s batches: the dev choice before
+    candidates shared their prompts), and the answers timed."""
     sample = [example for examples in dev_sets.values() for example in examples[:count]]
     started = time.perf_counter()
     evaluate(model, sample, ["pasta"], es=False)
     return (time.perf_counter() - started) / len(sample), len(sample)
 
 
+def time_dev_shared(model: PastaModel, dev_sets: dict, count: int, candidates: int) -> tuple[float, int]:
+    """Seconds per dev answer when ``candidates`` candidates answer the same examples together (``DevScorer``:
+    each prompt's start computed once, several candidates per batch), and the answers timed."""
+    pairs = model.own_head_set("context").pairs()
+    alphas = JOBS["context"].alphas
+    pool = [Candidate(i, alphas[i % len(alphas)], pairs[i // len(alphas):], {}) for i in range(candidates)]
+    scorer = DevScorer(model, {name: examples[:count] for name, examples in dev_sets.items()},
+                       Checkpoint.open(None, model.name, 0.01), steer_generated=True)
+    started = time.perf_counter()
+    for name, examples in scorer.dev_sets.items():
+        scorer(pool, name, len(examples))
+    answers = candidates * sum(len(examples) for examples in scorer.dev_sets.values())
+    return (time.perf_counter() - started) / answers, answers
+
+
+def shared_dev_flops(shape: Shape, tokens: float, prefix: float, new_tokens: int, candidates: int) -> float:
+    """FLOPs of one dev answer when ``candidates`` share the example: the prompt from its emphasis on, the start
+    computed once for them all, then the decoded tokens."""
+    rest = shape.prefill(tokens) - shape.prefill(prefix)  # the later tokens, attending to the whole prompt
+    return rest + shape.prefill(prefix) / candidates + new_tokens * shape.decode(tokens + new_tokens / 2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dev-examples", type=int, default=8, help="per dev set, for timing the dev choice")
+    parser.add_argument("--dev-candidates", type=int, default=8,
+                        help="candidates answering the timed examples together (a race's rounds keep 20 down to 2)")
     parser.add_argument("--largest-set-share", type=float, default=0.24,
                         help="the largest head set tried, as a share of all heads, for the projected models "
                         "(default_ks: 0.24)")
@@ -126,7 +162,9 @@ def main() -> None:
     train, dev_sets = shipped_tasks("train", job.train), shipped_tasks("dev", job.dev)
     model = PastaModel.from_pretrained("default")
     train_tokens, dev_tokens = mean_tokens(model, train), mean_tokens(model, dev_sets)
-    dev_s, dev_timed = time_dev(model, dev_sets, args.dev_examples)
+    dev_prefix = mean_prefix(model, dev_sets)
+    dev_s, dev_timed = time_dev_alone(model, dev_sets, args.dev_examples)
+    shared_s, shared_timed = time_dev_shared(model, dev_sets, args.dev_examples, args.dev_candidates)
     new_tokens = NEW_TOKENS["knowledge_conflict"]
 
     race_share = json.loads(args.racing.read_text())["summary"]["time_share"]
@@ -145,6 +183,7 @@ def main() -> None:
     screening_forwards = screening_share * exact_factor * base.heads  # screening, in plain forwards
     dev_flops_base = base.prefill(dev_tokens) + new_tokens * base.decode(dev_tokens + new_tokens / 2)
     cpu_dev_flops = dev_flops_base / dev_s
+    cpu_shared_flops = shared_dev_flops(base, dev_tokens, dev_prefix, new_tokens, args.dev_candidates) / shared_s
 
     n_train = sum(len(examples) for examples in train.values())
     n_dev = sum(len(examples) for examples in dev_sets.values())
@@ -168,23 +207,31 @@ def main() -> None:
         }
         dev_compute = shape.prefill(dev_tokens) + new_tokens * shape.decode(dev_tokens + new_tokens / 2)
         dev_decode_bytes = new_tokens * 4 * shape.parameters / DEV_BATCH  # weights read once per step of a batch
+        shared_compute = shared_dev_flops(shape, dev_tokens, dev_prefix, new_tokens, args.dev_candidates)
+        rows = min(MAX_ROWS, ROW_TOKENS / (dev_tokens - dev_prefix))  # a shared batch's rows
+        shared_decode_bytes = new_tokens * 4 * shape.parameters / rows
         dev_total = n_candidates * n_dev
         entry = {"parameters": shape.parameters, "heads": shape.heads, "rescored": pool,
                  "float32_weights_gb": round(4 * shape.parameters / 1e9, 1), "flops": {k: f"{v:.3g}" for k, v in
                                                                                        flops.items()}}
-        for device, rate, dev_one in (
-            ("cpu", cpu_flops, dev_compute / cpu_dev_flops),
-            ("gpu", gpu, dev_compute / gpu + dev_decode_bytes / (args.gpu_bandwidth * args.gpu_utilisation)),
+        bandwidth = args.gpu_bandwidth * args.gpu_utilisation
+        for device, rate, dev_one, shared_one in (
+            ("cpu", cpu_flops, dev_compute / cpu_dev_flops, shared_compute / cpu_shared_flops),
+            ("gpu", gpu, dev_compute / gpu + dev_decode_bytes / bandwidth,
+             shared_compute / gpu + shared_decode_bytes / bandwidth),
         ):
             stages = {stage: value / rate for stage, value in flops.items()} | {
-                "dev_choice": dev_one * dev_total, "dev_race": dev_one * dev_total * race_share}
+                "dev_choice_alone": dev_one * dev_total, "dev_choice": shared_one * dev_total,
+                "dev_race": shared_one * dev_total * race_share}
             paths = {
-                "plain_loop_plus_dev": stages["plain_loop"] + stages["dev_choice"],
+                "plain_loop_plus_dev": stages["plain_loop"] + stages["dev_choice_alone"],
+                "exact_before": stages["exact_scoring"] + stages["dev_choice_alone"],
                 "exact": stages["exact_scoring"] + stages["dev_choice"],
                 "screened_full_dev": stages["screening"] + stages["rescoring"] + stages["dev_choice"],
                 "screened": stages["screening"] + stages["rescoring"] + stages["dev_race"],
             }
-            paths_ratio = {"exact_over_screened": round(paths["exact"] / paths["screened"], 2),
+            paths_ratio = {"exact_before_over_screened": round(paths["exact_before"] / paths["screened"], 2),
+                           "exact_over_screened": round(paths["exact"] / paths["screened"], 2),
                            "plain_over_screened": round(paths["plain_loop_plus_dev"] / paths["screened"], 2)}
             memory = 23e9 if device == "cpu" else args.gpu_memory  # this machine's RAM / the GPU's
             entry[device] = {"fits_in_float32": 4 * shape.parameters < memory,
@@ -198,15 +245,18 @@ def main() -> None:
         "machine": f"{machine(str(model.device))}, {torch.get_num_threads()} threads, float32",
         "job": "context",
         "work": {"train_examples": n_train, "train_tokens_mean": round(train_tokens, 1), "dev_examples": n_dev,
-                 "dev_tokens_mean": round(dev_tokens, 1), "new_tokens": new_tokens, "dev_candidates": n_candidates},
+                 "dev_tokens_mean": round(dev_tokens, 1), "dev_prefix_mean": round(dev_prefix, 1), "new_tokens": new_tokens, "dev_candidates": n_candidates},
         "calibration": {
             "plain_loop_s_per_example": round(plain_s, 2), "from": "results/profile_speed_smollm2.json",
             "cpu_effective_gflops": round(cpu_flops / 1e9, 1),
             "exact_share_of_plain": round(exact_factor, 3),
             "screening_share_of_exact": round(screening_share, 3),
             "screening_in_plain_forwards": round(screening_forwards, 2),
-            "dev_s_per_example_per_candidate": round(dev_s, 2), "dev_examples_timed": dev_timed,
-            "dev_effective_gflops": round(cpu_dev_flops / 1e9, 1),
+            "dev_s_per_answer_alone": round(dev_s, 3), "dev_answers_timed_alone": dev_timed,
+            "dev_effective_gflops_alone": round(cpu_dev_flops / 1e9, 1),
+            "dev_s_per_answer_shared": round(shared_s, 3), "dev_answers_timed_shared": shared_timed,
+            "dev_candidates_sharing": args.dev_candidates,
+            "dev_effective_gflops_shared": round(cpu_shared_flops / 1e9, 1),
             "race_time_share": race_share, "race_from": str(args.racing),
         },
         "gpu_assumed": {"flops": args.gpu_flops, "bandwidth": args.gpu_bandwidth, "memory": args.gpu_memory,

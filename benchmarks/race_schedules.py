@@ -23,7 +23,7 @@ from pathlib import Path
 
 from dev_racing import BATCH, answers_by_set, batch_seconds, tally
 
-from pasta_rag.research.profiling.racing import Schedule, race, rank, with_tallies
+from pasta_rag.research.profiling.racing import Schedule, one_at_a_time, race, rank, with_tallies
 from pasta_rag.research.profiling.selection import Candidate
 
 FIRST_SHARES = (1 / 8, 1 / 16, 1 / 32)
@@ -51,7 +51,7 @@ def replay(results: dict, named: dict[str, Candidate], orders: dict[str, list[in
         recorded = results["batches"][names[(candidate.k, candidate.alpha)]][set_name]
         return tally([recorded[i] for i in orders[set_name]], end)
 
-    ranked = race(list(named.values()), sizes, score, BATCH, schedule)
+    ranked = race(list(named.values()), sizes, one_at_a_time(score), BATCH, schedule)
     pick, answered = ranked[0], answers_by_set(ranked)
     return {"pick": names[(pick.k, pick.alpha)], "answers": sum(answered.values()),
             "seconds": sum(count / BATCH * seconds[name] for name, count in answered.items())}

@@ -40,7 +40,7 @@ from pasta_rag import PastaModel
 from pasta_rag.research.bench import machine
 from pasta_rag.research.profiling import JOBS, intersect_top_k, shipped_tasks, top_k
 from pasta_rag.research.profiling.dev_choice import FINALISTS, dev_choice
-from pasta_rag.research.profiling.racing import with_tallies
+from pasta_rag.research.profiling.racing import one_at_a_time, with_tallies
 from pasta_rag.research.profiling.screening import rescoring_pool, screen_tasks, spearman
 from pasta_rag.research.profiling.selection import Candidate, candidate_pool, default_ks
 
@@ -113,12 +113,12 @@ def main() -> None:
 
     picks, grids = {}, {}
     ks = {"exact": default_ks(exact), "screened": default_ks(rescored)}
-    score = recorder(model, dev_sets, job.steer_generated, results, args.out, key_of)
+    tally_one = recorder(model, dev_sets, job.steer_generated, results, args.out, key_of)
     for path_name, scores, racing in (("exact", exact, args.exact_choice == "race"), ("screened", rescored, True)):
         grids[path_name] = candidate_pool(scores, ks[path_name], job.alphas, [1.0])
-        chosen = dev_choice(grids[path_name], job.generated_exponents, sizes, score, BATCH, racing)
+        chosen = dev_choice(grids[path_name], job.generated_exponents, sizes, one_at_a_time(tally_one), BATCH, racing)
         pick = chosen.ranked[0]
-        whole = with_tallies(pick, {name: score(pick, name, size) for name, size in sizes.items()})
+        whole = with_tallies(pick, {name: tally_one(pick, name, size) for name, size in sizes.items()})
         picks[path_name] = label(pick) | {"objective": round(whole.objective, 4), "ks": ks[path_name],
                                           "dev_answers": chosen.answers}
 

@@ -215,13 +215,13 @@ def test_choosing_on_dev_writes_a_head_set_the_model_accepts(tmp_path):
     # a second choice reads the dev results from the checkpoint instead of generating again
     again = choose_heads(model, scores, {"dev": examples(CONFLICTS[:2])}, [3, 6, 12], [0.01, 0.1], checkpoint)
     assert [c.dev for c in again] == [c.dev for c in ranked]
-    evaluated = len(checkpoint.data["dev"])
+    evaluated = len(checkpoint.data["dev_answers"])
     choose_heads(model, scores, {"dev": examples(CONFLICTS[1:])}, [3], [0.01], checkpoint)
-    assert len(checkpoint.data["dev"]) == evaluated + 1  # other dev data: evaluated afresh, not read back
+    assert len(checkpoint.data["dev_answers"]) == evaluated + 1  # other dev data: evaluated afresh, not read back
     # candidates generating with generated keys steered are other results, and the head set says so
     generated = choose_heads(model, scores, {"dev": examples(CONFLICTS[1:])}, [3], [0.01], checkpoint,
                              steer_generated=True)
-    assert len(checkpoint.data["dev"]) == evaluated + 2
+    assert len(checkpoint.data["dev_answers"]) == evaluated + 2
     profiled_head_set(model.name, scores, {n: len(e) for n, e in tasks.items()}, 0.01, generated,
                       steer_generated=True).save(tmp_path / "generated.json")
     assert PastaModel(model.model, model.tokenizer, heads=tmp_path / "generated.json").steer_generated
@@ -231,7 +231,7 @@ def test_choosing_on_dev_writes_a_head_set_the_model_accepts(tmp_path):
                              steer_generated=True, generated_exponents=[1.0, 2.0])
     assert sorted(c.generated_exponent for c in exponents) == [1.0, 2.0]
     assert {c.generated_exponent: c.generated_alpha for c in exponents} == {1.0: None, 2.0: pytest.approx(0.01)}
-    assert len(checkpoint.data["dev"]) == evaluated + 4  # exponent 1 at alpha 0.1 is new too
+    assert len(checkpoint.data["dev_answers"]) == evaluated + 4  # exponent 1 at alpha 0.1 is new too
     best_second = sorted(exponents, key=lambda c: c.generated_exponent == 1)  # as if exponent 2 had won
     profiled_head_set(model.name, scores, {n: len(e) for n, e in tasks.items()}, 0.1, best_second,
                       steer_generated=True).save(tmp_path / "exponent.json")

@@ -12,7 +12,17 @@ from pasta_rag.research.profiling import Checkpoint, choose_heads, profile_tasks
 from pasta_rag.research.profiling import selection as selection_module
 from pasta_rag.research.profiling.dev_choice import dev_choice
 from pasta_rag.research.profiling.pipeline import Plan
-from pasta_rag.research.profiling.racing import Schedule, Tally, answered, race, race_rounds, race_work, rank
+from pasta_rag.research.profiling.racing import (
+    Schedule,
+    Tally,
+    answered,
+    ignore,
+    one_at_a_time,
+    race,
+    race_rounds,
+    race_work,
+    rank,
+)
 from pasta_rag.research.profiling.selection import Candidate
 
 
@@ -42,7 +52,7 @@ def synthetic(quality: dict[int, float], sizes: dict[str, int], seed: int = 0):
         asked[(candidate.k, name)] = end
         return Tally(sum(hits[candidate.k][name][:end]), 0, end)
 
-    return [Candidate(k, 0.01, [(0, k)], {}) for k in quality], score, asked
+    return [Candidate(k, 0.01, [(0, k)], {}) for k in quality], one_at_a_time(score), asked
 
 
 def test_the_race_keeps_a_clear_best_and_answers_a_fraction_of_the_grid():
@@ -71,14 +81,14 @@ def test_a_tie_at_the_cut_keeps_both_and_no_tie_answers_the_fewest():
         asked[candidate.k] = end
         return Tally(sum(hits[names[candidate.k]][:end]), 0, end)
 
-    raced = race(pool, sizes, score, batch=8)
+    raced = race(pool, sizes, one_at_a_time(score), batch=8)
     # 4 candidates keep 2 after the first round, but the twins tie at the cut: both go on, the worse one stops
     assert asked[1] == asked[3] > asked[2] == 8
     assert [names[c.k] for c in raced][:1] == ["best"]
     assert sum(asked.values()) > race_work(len(pool), sizes, batch=8)
     untied = {"best": hits["best"], "twin": hits["twin"], "worse": [True] + [False] * 63, "worst": [False] * 64}
     names, hits, asked = dict(enumerate(untied)), untied, {}
-    race(pool, sizes, score, batch=8)
+    race(pool, sizes, one_at_a_time(score), batch=8)
     assert sum(asked.values()) == race_work(len(pool), sizes, batch=8)
 
 
@@ -86,7 +96,7 @@ def test_every_finalist_answered_what_the_full_grid_answers():
     sizes = {"a": 40}
     pool, score, _ = synthetic({k: 0.5 for k in range(5)}, sizes, seed=3)
     raced = race(pool, sizes, score, batch=8)
-    full = {c.k: score(c, "a", 40) for c in pool}
+    full = {c.k: tally for c, tally in zip(pool, score(pool, "a", 40, ignore))}
     for candidate in raced:
         if answered(candidate) == 40:
             assert candidate.dev["a"]["acc"] == full[candidate.k].acc_rate
@@ -119,13 +129,13 @@ def test_a_raced_choice_answers_as_the_full_choice_does_and_resumes(tmp_path, mo
     assert sum(counted) == sum(answered(c) for c in raced)
     assert race_work(len(full), {"dev": 18}, batch=4) <= sum(counted) <= len(full) * 18
     # a rerun on the same checkpoint answers nothing again, and ranks the same
-    monkeypatch.setattr(selection_module, "evaluate", lambda *a, **k: pytest.fail("answered again"))
+    monkeypatch.setattr(selection_module, "answer_rows", lambda *a, **k: pytest.fail("answered again"))
     again = choose_heads(model, scores, dev, ks, alphas, Checkpoint.open(path, model.name, 0.01), racing=True)
     assert [(c.k, c.alpha, c.dev) for c in again] == [(c.k, c.alpha, c.dev) for c in raced]
-    # and a full choice on it reads the finalists' whole-split results back
-    assert Checkpoint.open(path, model.name, 0.01).dev_result(
-        selection_module.DevScorer(model, dev, Checkpoint.open(None, model.name, 0.01), False).key(
-            finalists[0])) is not None
+    # the file holds every answer a finalist gave, by example
+    key = selection_module.DevScorer(model, dev, Checkpoint.open(None, model.name, 0.01), False).key(finalists[0])
+    assert sorted(Checkpoint.open(path, model.name, 0.01).dev_answers(key, "dev"), key=int) == [
+        str(i) for i in range(18)]
 
 
 def exponent_scorer(objective: dict[tuple[int, float], float], sizes: dict[str, int]):
@@ -143,7 +153,7 @@ def test_the_exponents_are_tried_at_the_best_finalists_and_the_second_can_win():
     objective = {(0, 1.0): 0.25, (1, 1.0): 0.75, (2, 1.0): 0.625, (3, 1.0): 0.5,
                  (1, 2.0): 0.75, (2, 2.0): 0.875, (1, 3.0): 0.5, (2, 3.0): 0.625, (3, 2.0): 1.0}
     grid = [Candidate(k, 0.01, [(0, i) for i in range(k + 1)], {}) for k in range(4)]
-    score = exponent_scorer(objective, sizes)
+    score = one_at_a_time(exponent_scorer(objective, sizes))
     for racing in (False, True):
         one = dev_choice(grid, [1.0, 2.0, 3.0], sizes, score, 8, racing, finalists=1).ranked
         assert (one[0].k, one[0].generated_exponent) == (1, 1.0)  # only k=1's exponents: none beats it
@@ -171,7 +181,8 @@ def test_each_stage_opens_with_its_total_and_advances_by_each_answer_once():
             stages.append((what, work, []))
             return stages[-1][2].append
 
-        chosen = dev_choice(grid, [1.0, 2.0], sizes, exponent_scorer(objective, sizes), 8, racing, finalists=2,
+        chosen = dev_choice(grid, [1.0, 2.0], sizes, one_at_a_time(exponent_scorer(objective, sizes)), 8, racing,
+                            finalists=2,
                             stage=stage)
         how = "racing" if racing else "choosing"
         assert [what for what, _, _ in stages] == [f"{how} k and alpha on dev", f"{how} generated_alpha on dev"]

@@ -21,7 +21,7 @@ from typing import Any
 from ..emphasis import emphasize
 from ..engine import HeadSetLike, PastaModel
 from ..errors import PastaError
-from ..prompts import PLAIN_FORMAT, PLAIN_NEXT_TURN
+from ..prompts import PLAIN_FORMAT, PLAIN_NEXT_TURN, Prompt
 from ..settings import UNSET, Steering
 from . import injection
 from .cad import generate_cad, score_cad
@@ -317,9 +317,7 @@ def _score_chunk(
 ) -> None:
     prompts = [prompt_for(example, method) for example in chunk]
     steering = prompts[0].steering_with(heads)
-    new_tokens = NEW_TOKENS[chunk[0].task]
-    # A base model answering in the plain format would go on to write the next turn itself.
-    stop = [PLAIN_NEXT_TURN] if model.render(prompts[0].messages).format == PLAIN_FORMAT else None
+    new_tokens, stop = NEW_TOKENS[chunk[0].task], stop_strings(model, prompts[0].messages)
     if method == "cad":
         plain = [prompt_without_emphasis(example) for example in chunk]
         answers = generate_cad(model, [p.messages for p in prompts], plain, max_new_tokens=new_tokens, stop=stop)
@@ -331,10 +329,11 @@ def _score_chunk(
             score.add(example, generation.text, loops(generation.text))
         return
     for example, prompted, generation in zip(chunk, prompts, answers):
+        acc, rep = answer_hits(example, generation.text)
         score.n += 1
-        score.rep_hits += loops(generation.text)
+        score.acc_hits += acc
+        score.rep_hits += rep
         if example.task == "knowledge_conflict":
-            score.acc_hits += follows_context(generation.text, example.target_new, example.target_true)
             if not score.scored_es:
                 continue
             if method == "cad":
@@ -345,5 +344,19 @@ def _score_chunk(
                 new = model.score(prompted.messages, example.target_new, steering=steering)
                 true = model.score(prompted.messages, example.target_true, steering=steering)
             score.es_hits += new > true
-        else:
-            score.acc_hits += obeys(generation.text, example.check)
+
+
+def stop_strings(model: PastaModel, messages: Prompt) -> list[str] | None:
+    """Where an answer ends besides end-of-sequence: a base model answering in the plain format would go on
+    to write the next turn itself."""
+    return [PLAIN_NEXT_TURN] if model.render(messages).format == PLAIN_FORMAT else None
+
+
+def answer_hits(example: Example, answer: str) -> tuple[bool, bool]:
+    """(acc, rep) of one answer to a knowledge-conflict or instruction example: it follows the context (or
+    obeys the instruction), and it loops."""
+    if example.task == "knowledge_conflict":
+        acc = follows_context(answer, example.target_new or "", example.target_true or "")
+    else:
+        acc = obeys(answer, example.check)
+    return acc, loops(answer)

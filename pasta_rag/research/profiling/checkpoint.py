@@ -41,7 +41,7 @@ class Checkpoint:
             data = json.loads(path.read_text())
             if {key: data.get(key) for key in header} == header:
                 return cls(path, data)
-        return cls(path, {**header, "tasks": {}, "dev": {}})
+        return cls(path, {**header, "tasks": {}, "dev_answers": {}})
 
     def layers_done(self, task: str, task_fingerprint: str) -> dict[int, list[float]]:
         entry = self.data["tasks"].get(task)
@@ -54,20 +54,10 @@ class Checkpoint:
         self.data["tasks"][task]["layers"][str(layer)] = [round(float(s), 6) for s in scores]
         self.save()
 
-    def dev_result(self, key: str) -> dict | None:
-        return self.data["dev"].get(key)
-
-    def record_dev(self, key: str, result: dict) -> None:
-        self.data["dev"][key] = result
-        self.save()
-
-    def dev_batches(self, key: str) -> dict[str, list[list[int]]]:
-        """``{dev set: [[acc hits, rep hits, n] per batch from the start]}`` answered so far by one candidate."""
-        return self.data.setdefault("dev_batches", {}).get(key, {})
-
-    def record_dev_batches(self, key: str, batches: dict[str, list[list[int]]]) -> None:
-        self.data.setdefault("dev_batches", {})[key] = batches
-        self.save()
+    def dev_answers(self, key: str, dev_set: str) -> dict[str, list[int]]:
+        """``{example index: [acc hit, rep hit]}`` of one candidate on one dev set, answered so far; filled in
+        place (then ``save``)."""
+        return self.data.setdefault("dev_answers", {}).setdefault(key, {}).setdefault(dev_set, {})
 
     def save(self) -> None:
         if self.path is not None:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from .racing import DEFAULT_SCHEDULE, Schedule, Score, race, race_work, rank, with_tallies
+from .racing import DEFAULT_SCHEDULE, Schedule, Score, race, race_work, rank, tallied
 
 if TYPE_CHECKING:  # selection chooses through this module, so it imports it
     from .selection import Candidate
@@ -49,31 +49,30 @@ def dev_choice(
 ) -> DevChoice:
     """``grid`` (one exponent) ranked on dev, then ``exponents`` tried at its best ``finalists`` (k, alpha).
 
-    ``sizes``: each dev set's length; ``score`` answers a candidate's prefix of a dev set (``racing.Score``),
-    in batches of ``batch``."""
+    ``sizes``: each dev set's length; ``score`` answers candidates on a prefix of a dev set (``racing.Score``),
+    in batches of ``batch``; ``answers`` counts each (candidate, example) it was asked for once."""
     if finalists < 1:
         raise ValueError(f"finalists must be at least 1, got {finalists}")
-    asked: dict[tuple, int] = {}
+    answers = 0
     how = "racing" if racing else "choosing"
 
     def judged(pool: Sequence[Candidate], what: str) -> list[Candidate]:
         work = race_work(len(pool), sizes, batch, schedule) if racing else len(pool) * sum(sizes.values())
-        advance = stage(f"{how} {what} on dev", work) if stage else None
+        bar = stage(f"{how} {what} on dev", work) if stage else None
 
-        def counted(candidate: Candidate, set_name: str, end: int):
-            key = (tuple(candidate.heads), candidate.alpha, candidate.generated_exponent, set_name)
-            if advance and end > asked.get(key, 0):
-                advance(end - asked.get(key, 0))
-            asked[key] = max(asked.get(key, 0), end)
-            return score(candidate, set_name, end)
+        def advance(n: int) -> None:
+            nonlocal answers
+            answers += n
+            if bar:
+                bar(n)
 
         if racing:
-            return race(pool, sizes, counted, batch, schedule)
-        return rank([with_tallies(c, {name: counted(c, name, size) for name, size in sizes.items()}) for c in pool])
+            return race(pool, sizes, score, batch, schedule, advance)
+        return rank(tallied(pool, sizes, score, advance))
 
     first = judged(grid, "k and alpha")
     tried = {c.generated_exponent for c in grid}
     second = [replace(best, dev={}, generated_exponent=exponent)
               for best in first[:finalists] for exponent in exponents if exponent not in tried]
     ranked = rank(first + judged(second, "generated_alpha")) if second else first
-    return DevChoice(ranked, sum(asked.values()))
+    return DevChoice(ranked, answers)

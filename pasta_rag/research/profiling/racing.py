@@ -63,8 +63,37 @@ class Tally:
         return Tally(self.acc + other.acc, self.rep + other.rep, self.n + other.n)
 
 
-Score = Callable[["Candidate", str, int], Tally]
-"""The tally of a candidate on the first ``end`` examples of the named dev set."""
+Advance = Callable[[int], None]
+"""Told how many more of the answers asked for are in."""
+
+Score = Callable[[Sequence["Candidate"], str, int, Advance], list[Tally]]
+"""The tallies of candidates on the first ``end`` examples of the named dev set. They are asked for together, so
+a scorer can share the work of one example between candidates; it calls ``advance(n)`` as n more answers are
+in, each (candidate, example) once: the first time it is asked for."""
+
+
+def one_at_a_time(score: Callable[[Candidate, str, int], Tally]) -> Score:
+    """A ``Score`` from one that tallies a candidate alone (replays of recorded answers, tests)."""
+    asked: dict[tuple, int] = {}
+
+    def together(candidates: Sequence[Candidate], set_name: str, end: int, advance: Advance) -> list[Tally]:
+        for candidate in candidates:
+            before = asked.get((identity(candidate), set_name), 0)
+            if end > before:
+                advance(end - before)
+                asked[identity(candidate), set_name] = end
+        return [score(candidate, set_name, end) for candidate in candidates]
+
+    return together
+
+
+def identity(candidate: Candidate) -> tuple:
+    """What tells candidates apart: their heads, alpha and exponent (k is only how the heads were found)."""
+    return tuple(candidate.heads), candidate.alpha, candidate.generated_exponent
+
+
+def ignore(answers: int) -> None:
+    """An ``Advance`` for a race nobody watches."""
 
 
 def race_work(candidates: int, sizes: Mapping[str, int], batch: int, schedule: Schedule = DEFAULT_SCHEDULE) -> int:
@@ -107,19 +136,26 @@ def answered(candidate: Candidate) -> int:
 
 
 def race(candidates: Sequence[Candidate], sizes: Mapping[str, int], score: Score, batch: int,
-         schedule: Schedule = DEFAULT_SCHEDULE) -> list[Candidate]:
+         schedule: Schedule = DEFAULT_SCHEDULE, advance: Advance = ignore) -> list[Candidate]:
     """Every candidate ranked (``rank``): the last round's on the whole dev split, the others on what they reached.
 
-    ``sizes``: each dev set's length; ``score`` answers the prefixes ``race_rounds`` gives, growing."""
+    ``sizes``: each dev set's length; ``score`` answers the prefixes ``race_rounds`` gives, growing, each round's
+    survivors together."""
     survivors, dropped = list(candidates), []
     for ends in race_rounds(sizes, batch, schedule.first_share):
-        scored = rank([with_tallies(c, {name: score(c, name, end) for name, end in ends.items()})
-                       for c in survivors])
+        scored = rank(tallied(survivors, ends, score, advance))
         keep = math.ceil(len(scored) * schedule.keep) if ends != dict(sizes) else len(scored)
         while keep < len(scored) and tied(scored[keep], scored[keep - 1]):
             keep += 1  # a tie at the cut is no evidence: both go on
         survivors, dropped = scored[:keep], scored[keep:] + dropped
     return rank(survivors + dropped)
+
+
+def tallied(candidates: Sequence[Candidate], ends: Mapping[str, int], score: Score, advance: Advance = ignore
+            ) -> list[Candidate]:
+    """``candidates`` with their tallies on the first ``ends[name]`` examples of each dev set."""
+    by_set = {name: score(candidates, name, end, advance) for name, end in ends.items()}
+    return [with_tallies(c, {name: tallies[i] for name, tallies in by_set.items()}) for i, c in enumerate(candidates)]
 
 
 def tied(one: Candidate, other: Candidate) -> bool:

@@ -15,13 +15,17 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ...batching import prepare
 from ...engine import PastaModel
 from ...errors import PastaError
 from ...heads import HeadSet
-from ..evaluation import Example, evaluate
+from ...settings import SamplingSettings
+from ...tokens import EncodedPrompt
+from ..evaluation import NEW_TOKENS, Example, answer_hits, prompt_for, stop_strings
 from .checkpoint import Checkpoint
+from .dev_answers import PrefixCache, Row, Steered, answer_rows
 from .dev_choice import FINALISTS, Stage, dev_choice
-from .racing import Tally
+from .racing import Advance, Tally, ignore
 
 Pair = tuple[int, int]
 DEV_BATCH = 8
@@ -135,10 +139,11 @@ def candidate_pool(task_scores: Mapping[str, torch.Tensor], ks: Sequence[int], a
 
 
 class DevScorer:
-    """A candidate's hits on the first examples of a dev set, answered once and kept in the checkpoint.
+    """Candidates' hits on the first examples of a dev set, each answer generated once and kept in the checkpoint.
 
-    Answers come in ``evaluate``'s batches from the start of each set, so a prefix's answers are the ones a
-    whole-set run gives, and a race that asks for more only answers the new examples."""
+    The candidates asked for together are answered together (``dev_answers``: one example's shared prompt
+    computed once, several candidates per batch); each answer is the one a candidate gives the example alone,
+    so a prefix's tally is what a whole-set run gives, and a race that asks for more only answers the new ones."""
 
     def __init__(self, model: PastaModel, dev_sets: Mapping[str, Sequence[Example]], checkpoint: Checkpoint,
                  steer_generated: bool) -> None:
@@ -146,37 +151,62 @@ class DevScorer:
         self.fingerprint = hashlib.sha256(
             json.dumps({name: [asdict(e) for e in examples] for name, examples in dev_sets.items()}).encode()
         ).hexdigest()[:16]
+        self.asked: dict[tuple[str, str], int] = {}
+        self.prompts: dict[tuple[str, int], tuple[EncodedPrompt, SamplingSettings]] = {}
+        self.prefixes = PrefixCache()
 
     def key(self, candidate: Candidate) -> str:
-        """The checkpoint's key for a candidate on these dev sets (a whole-split result is filed under it)."""
+        """The checkpoint's key for a candidate on these dev sets (its answers are filed under it)."""
         return json.dumps({"heads": candidate.heads, "alpha": candidate.alpha, "dev": self.fingerprint}
                           | ({"steer_generated": True} if self.steer_generated else {})
                           | ({"generated_exponent": candidate.generated_exponent}
                              if candidate.generated_exponent != 1 else {}))
 
-    def __call__(self, candidate: Candidate, set_name: str, end: int) -> Tally:
-        key, examples = self.key(candidate), self.dev_sets[set_name]
-        whole = self.checkpoint.dev_result(key)
-        if whole is not None and end == len(examples):  # filed as rates by a whole-split run
-            return Tally(round(whole[set_name]["acc"] * end), round(whole[set_name]["rep"] * end), end)
-        batches = self.checkpoint.dev_batches(key)
-        answered = batches.setdefault(set_name, [])
-        steered = None
-        while len(answered) * DEV_BATCH < end:
-            chunk = examples[len(answered) * DEV_BATCH:][:DEV_BATCH]
-            steered = steered or candidate_model(self.model, candidate, self.steer_generated)
-            metrics = next(iter(evaluate(steered, chunk, ["pasta"], batch_size=DEV_BATCH, es=False)["pasta"].values()))
-            answered.append([round(metrics["acc"] * len(chunk)), round(metrics["rep"] * len(chunk)), len(chunk)])
-            self.checkpoint.record_dev_batches(key, batches)
-        totals = {name: _summed(batches.get(name, [])) for name in self.dev_sets}
-        if whole is None and all(totals[name].n == len(sets) for name, sets in self.dev_sets.items()):
-            self.checkpoint.record_dev(key, {name: {"acc": t.acc_rate, "rep": t.rep_rate} for name, t in totals.items()})
-        return _summed(answered[: math.ceil(end / DEV_BATCH)])
+    def __call__(self, candidates: Sequence[Candidate], set_name: str, end: int, advance: Advance = ignore
+                 ) -> list[Tally]:
+        examples = self.dev_sets[set_name]
+        keys = [self.key(c) for c in candidates]
+        hits = [self.checkpoint.dev_answers(key, set_name) for key in keys]
+        asking: list[tuple[int, int]] = []  # (candidate, example) still to answer
+        for c, key in enumerate(keys):
+            before = self.asked.get((key, set_name), 0)
+            if end > before:
+                advance(sum(str(i) in hits[c] for i in range(before, end)))  # answered by an earlier run
+                self.asked[key, set_name] = end
+            asking += [(c, i) for i in range(end) if str(i) not in hits[c]]
+        rows = []
+        for c, i in asking:
+            encoded, sampling = self.prompt(candidates[c], set_name, i)
+            rows.append(Row(encoded, self.steered(candidates[c]), sampling))
 
+        def answered(indices: list[int], texts: list[str]) -> None:
+            for index, text in zip(indices, texts):
+                c, i = asking[index]
+                hits[c][str(i)] = [int(hit) for hit in answer_hits(examples[i], text)]
+            self.checkpoint.save()
+            advance(len(indices))
 
-def _summed(batches: Sequence[Sequence[int]]) -> Tally:
-    """The tally of answered batches, each ``[acc hits, rep hits, n]``."""
-    return sum((Tally(*batch) for batch in batches), Tally(0, 0, 0))
+        if rows:
+            answer_rows(self.model, rows, answered, self.prefixes)
+        return [Tally(sum(h[str(i)][0] for i in range(end)), sum(h[str(i)][1] for i in range(end)), end) for h in hits]
+
+    def steered(self, candidate: Candidate) -> Steered:
+        return Steered(HeadSet.from_pairs(candidate.heads), candidate.alpha, self.steer_generated,
+                       candidate.generated_alpha)
+
+    def prompt(self, candidate: Candidate, set_name: str, index: int) -> tuple[EncodedPrompt, SamplingSettings]:
+        """Example ``index``'s prompt encoded as the engine encodes it for ``candidate`` (the same for every
+        candidate: steering settings do not change the tokens), and how long its answer may be."""
+        if (set_name, index) not in self.prompts:
+            example = self.dev_sets[set_name][index]
+            prompted = prompt_for(example, "pasta")
+            sampling = SamplingSettings(max_new_tokens=NEW_TOKENS[example.task],
+                                        stop=stop_strings(self.model, prompted.messages))
+            steered = candidate_model(self.model, candidate, self.steer_generated)
+            batch = prepare(steered, [prompted.messages], None, None, prompted.steering, sampling).batch
+            encoded = EncodedPrompt(batch.input_ids[0].tolist(), batch.emphasized[0].tolist())
+            self.prompts[set_name, index] = encoded, sampling
+        return self.prompts[set_name, index]
 
 
 def profiled_head_set(
