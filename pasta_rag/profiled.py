@@ -92,11 +92,11 @@ def missing_message(name: str, source: str | None, model: torch.nn.Module, purpo
 # --- the estimate ----------------------------------------------------------------------
 
 PROFILE_WORK = {"examples": 120, "tokens": 260, "rescored_share": 0.5, "dev_runs": 6248, "raced_share": 0.35,
-                "dev_tokens": 400, "dev_new_tokens": 40}
+                "dev_tokens": 200, "dev_new_tokens": 40}
 """The shipped jobs' size, roughly: training examples and their mean tokens, the share of heads rescored, dev
 generations of a full dev choice (context: 228 dev examples x 26 candidates, the exponents at 2 finalists;
 instructions: 32 x 10) and the share of those the default race answers (benchmarks/dev_racing.py), their
-prompt and decoded tokens."""
+prompt tokens from the emphasis on (candidates share the start: ``dev_answers``) and decoded tokens."""
 
 
 def estimate_profile_seconds(model: torch.nn.Module, flops_per_second: float | None = None) -> float:
