@@ -9,7 +9,8 @@ from tiny import ARCHITECTURES, char_tokenizer, tiny_model
 
 from pasta_rag import HeadSet, PastaModel
 from pasta_rag.research.evaluation import prompt_for
-from pasta_rag.research.profiling import dev_answers
+from pasta_rag.research.profiling import Checkpoint, dev_answers
+from pasta_rag.research.profiling import selection as selection_module
 from pasta_rag.research.profiling.dev_answers import PrefixCache, Row, RowSteering, Steered, answer_rows, batches
 from pasta_rag.research.profiling.selection import Candidate, DevScorer
 from pasta_rag.settings import SamplingSettings
@@ -108,3 +109,20 @@ def test_row_steering_biases_each_row_as_its_own_state_would():
     switch = state.head_switch(2, torch.device("cpu"), torch.float32)
     assert switch.tolist() == [[0, 0, 0, 0], [0, 0, 0, 1], [1, 1, 0, 0]]
     assert state.head_switch(3, torch.device("cpu"), torch.float32) is None  # no row steers layer 3
+
+
+def test_the_scorer_reports_each_answer_once_and_a_new_run_reads_them_back(tmp_path, monkeypatch):
+    model = tiny_engine("llama")
+    dev = {"dev": examples(CONFLICTS * 3)}  # 9 examples
+    pool = [Candidate(1, 0.01, [(0, 0), (1, 1)], {}), Candidate(1, 0.1, [(1, 0)], {})]
+    path = tmp_path / "progress.json"
+    scorer = DevScorer(model, dev, Checkpoint.open(path, model.name, 0.01), False)
+    advanced: list[int] = []
+    first = scorer(pool, "dev", 4, advanced.append)
+    more = scorer(pool, "dev", 9, advanced.append)
+    assert sum(advanced) == 2 * 9 and scorer(pool, "dev", 9, advanced.append) == more  # asked again: no news
+    assert sum(advanced) == 2 * 9 and [t.n for t in first] == [4, 4]
+    monkeypatch.setattr(selection_module, "answer_rows", lambda *a, **k: pytest.fail("answered again"))
+    resumed: list[int] = []
+    again = DevScorer(model, dev, Checkpoint.open(path, model.name, 0.01), False)(pool, "dev", 9, resumed.append)
+    assert again == more and sum(resumed) == 2 * 9  # a resumed run's bar counts what the file holds
