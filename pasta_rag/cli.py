@@ -15,7 +15,7 @@ from .errors import PastaError
 from .prompts import question_prompt
 
 if TYPE_CHECKING:
-    from rich.progress import Progress
+    from rich.progress import Progress, TaskID
 
 app = typer.Typer(
     help=(
@@ -359,19 +359,21 @@ class StageBars:
     total; a bar left short would keep its clock running to the end of the command."""
 
     def __init__(self, progress: Progress, label: str = "") -> None:
-        self.progress, self.label, self.bars = progress, label, []
+        self.progress, self.label = progress, label
+        self.current: tuple[TaskID, float] | None = None
+        """The open stage's bar and its total."""
 
     def open(self, description: str, total: float) -> Callable[[float], None]:
         self.finish()
         bar = self.progress.add_task(self.label + description, total=total)
-        self.bars.append(bar)
+        self.current = bar, total
         return lambda n: self.progress.advance(bar, n)
 
     def finish(self) -> None:
         """Complete the open stage's bar: its work is done."""
-        if self.bars:
-            task = next(task for task in self.progress.tasks if task.id == self.bars[-1])
-            self.progress.update(task.id, completed=task.total)
+        if self.current:
+            bar, total = self.current
+            self.progress.update(bar, completed=total)
 
 
 def _profile_one(pasta, purpose: str | None, tasks: dict, dev_sets: dict, plan, progress_file, path: Path) -> None:

@@ -84,10 +84,7 @@ class SteeringState:
 
     @property
     def log_generated_alpha(self) -> float:
-        """The bias of generated keys: 0 without ``steer_generated`` (the paper), else log(generated_alpha)."""
-        if not self.steer_generated:
-            return 0.0
-        return math.log(self.alpha if self.generated_alpha is None else self.generated_alpha)
+        return generated_key_bias(self.alpha, self.steer_generated, self.generated_alpha)
 
     def head_switch(self, layer: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
         """(1, heads) with 1 for the steered heads of ``layer``; None when the layer is not steered.
@@ -123,22 +120,40 @@ class SteeringState:
             self._key_bias[cache_key] = self._build_key_bias(offset, kv_length, batch, device, dtype)
         return self._key_bias[cache_key]
 
+    def row_biases(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, 1) each: the bias of a row's non-emphasized prompt keys and of its generated keys. Every row
+        gets the same here; a subclass may steer rows apart (the profiler's dev answers do)."""
+        rows = self.emphasized.shape[0]
+        return (torch.full((rows, 1), self.log_alpha, device=device),
+                torch.full((rows, 1), self.log_generated_alpha, device=device))
+
     def _build_key_bias(
         self, offset: int, kv_length: int, batch: int, device: torch.device, dtype: torch.dtype
     ) -> torch.Tensor:
         emphasized = self.emphasized.to(device)  # (rows, prompt_len)
         rows, prompt_len = emphasized.shape
+        prompt_log, generated_log = self.row_biases(device)  # (rows, 1) each
         if batch != rows:
             if batch % rows:
                 raise SteeringError(f"Attention batch {batch} does not match the {rows} steered prompts.")
-            emphasized = emphasized.repeat_interleave(batch // rows, dim=0)  # num_return_sequences, beams
+            repeats = batch // rows  # num_return_sequences, beams
+            emphasized, prompt_log, generated_log = (t.repeat_interleave(repeats, dim=0)
+                                                     for t in (emphasized, prompt_log, generated_log))
         positions = offset + torch.arange(kv_length, device=device)  # (keys,)
         in_prompt = positions < prompt_len
         key_emphasized = emphasized[:, positions.clamp(max=prompt_len - 1)]  # (batch, keys)
         row_steered = emphasized.any(dim=1, keepdim=True)  # (batch, 1)
-        prompt_bias = torch.where(in_prompt[None, :] & ~key_emphasized, self.log_alpha, 0.0)  # (batch, keys)
-        generated_bias = torch.where(in_prompt, 0.0, self.log_generated_alpha)  # (keys,)
-        return ((prompt_bias + generated_bias[None, :]) * row_steered).to(dtype)
+        prompt_bias = torch.where(in_prompt[None, :] & ~key_emphasized, prompt_log, 0.0)  # (batch, keys)
+        generated_bias = torch.where(in_prompt[None, :], 0.0, generated_log)  # (batch, keys)
+        return ((prompt_bias + generated_bias) * row_steered).to(dtype)
+
+
+def generated_key_bias(alpha: float, steer_generated: bool, generated_alpha: float | None) -> float:
+    """The bias of generated keys: 0 without ``steer_generated`` (the paper), else log(generated_alpha), which
+    None makes log(alpha)."""
+    if not steer_generated:
+        return 0.0
+    return math.log(alpha if generated_alpha is None else generated_alpha)
 
 
 _current_state: ContextVar[tuple[SteeringState, ...]] = ContextVar("pasta_rag_steering_state", default=())

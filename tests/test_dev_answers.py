@@ -126,3 +126,4 @@ def test_the_scorer_reports_each_answer_once_and_a_new_run_reads_them_back(tmp_p
     resumed: list[int] = []
     again = DevScorer(model, dev, Checkpoint.open(path, model.name, 0.01), False)(pool, "dev", 9, resumed.append)
     assert again == more and sum(resumed) == 2 * 9  # a resumed run's bar counts what the file holds
+

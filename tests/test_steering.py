@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from reference import REFERENCE, ReferenceSetup, reference_setup
@@ -290,3 +292,15 @@ def test_two_groups_cached_generation_matches_full_recompute(architecture):
         sequence = torch.cat([sequence, next_token], dim=1)
         mask = torch.cat([mask, torch.ones_like(next_token)], dim=1)
     assert torch.equal(generated, sequence)
+
+
+def test_a_state_biases_repeated_rows_as_their_prompt_and_refuses_a_batch_that_does_not_divide():
+    emphasized = torch.tensor([[False, True, False], [True, True, False]])
+    state = SteeringState(emphasized, HeadSet.from_pairs([(0, 0)]), 0.1, 4, steer_generated=True, generated_alpha=0.01)
+    state.record_kv_offset(5, 0)
+    rows = state.key_bias(5, 2, torch.device("cpu"), torch.float32)  # 3 prompt keys, 2 generated
+    beams = state.key_bias(5, 4, torch.device("cpu"), torch.float32)  # each prompt twice (beams, sequences)
+    torch.testing.assert_close(beams, rows.repeat_interleave(2, dim=0))
+    assert rows[0].tolist() == pytest.approx([math.log(0.1), 0, math.log(0.1), math.log(0.01), math.log(0.01)])
+    with pytest.raises(SteeringError, match="does not match the 2 steered prompts"):
+        state.key_bias(5, 3, torch.device("cpu"), torch.float32)

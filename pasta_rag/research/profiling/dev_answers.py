@@ -32,7 +32,7 @@ from ...batching import answer_text, check_window
 from ...engine import PastaModel
 from ...heads import HeadSet
 from ...settings import SamplingSettings
-from ...steering import SteeringState, steering
+from ...steering import SteeringState, generated_key_bias, steering
 from ...stopping import StopOnText
 from ...tokens import EncodedPrompt
 
@@ -54,9 +54,7 @@ class Steered:
 
     @property
     def log_generated_alpha(self) -> float:
-        if not self.steer_generated:
-            return 0.0
-        return math.log(self.alpha if self.generated_alpha is None else self.generated_alpha)
+        return generated_key_bias(self.alpha, self.steer_generated, self.generated_alpha)
 
 
 @dataclass(frozen=True)
@@ -96,20 +94,10 @@ class RowSteering(SteeringState):
         switch = self._head_switch[layer]
         return None if switch is None else switch.to(device=device, dtype=dtype)
 
-    def _build_key_bias(
-        self, offset: int, kv_length: int, batch: int, device: torch.device, dtype: torch.dtype
-    ) -> torch.Tensor:
-        emphasized = self.emphasized.to(device)  # (rows, prompt_len)
-        prompt_len = emphasized.shape[1]
-        positions = offset + torch.arange(kv_length, device=device)  # (keys,)
-        in_prompt = positions < prompt_len
-        key_emphasized = emphasized[:, positions.clamp(max=prompt_len - 1)]  # (rows, keys)
-        log_alpha = torch.tensor([[math.log(s.alpha)] for s in self.rows], device=device)  # (rows, 1)
-        log_generated = torch.tensor([[s.log_generated_alpha] for s in self.rows], device=device)  # (rows, 1)
-        prompt_bias = torch.where(in_prompt[None, :] & ~key_emphasized, log_alpha, 0.0)  # (rows, keys)
-        generated_bias = torch.where(in_prompt[None, :], 0.0, log_generated)  # (rows, keys)
-        row_steered = emphasized.any(dim=1, keepdim=True)  # (rows, 1)
-        return ((prompt_bias + generated_bias) * row_steered).to(dtype)
+    def row_biases(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, 1) each: row i's log(alpha) on non-emphasized prompt keys and its bias on generated keys."""
+        return (torch.tensor([[math.log(s.alpha)] for s in self.rows], device=device),
+                torch.tensor([[s.log_generated_alpha] for s in self.rows], device=device))
 
 
 @dataclass
